@@ -1,0 +1,1 @@
+"""Getting Kvasir-SEG (download, safe extraction, pairing), splitting it, and loading it for PyTorch."""

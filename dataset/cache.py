@@ -1,0 +1,59 @@
+"""Decode and resize every image once: an on-disk cache of uint8 arrays, memory-mapped when read.
+
+The cache folder name holds a hash of the file names, sizes and modification times and of the image size,
+so editing, adding or removing a source file, or changing the size, makes a new cache instead of a stale hit.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dataset.images import load_pair
+
+CACHE_VERSION = 1  # bump when load_pair's resizing changes
+
+
+def cache_key(pairs: list[tuple[str, Path, Path]], size: int) -> str:
+    """Hash of what the cached arrays depend on."""
+    entries = []
+    for sample_id, image_path, mask_path in pairs:
+        for path in (image_path, mask_path):
+            info = Path(path).stat()
+            entries.append([sample_id, str(Path(path).resolve()), info.st_size, info.st_mtime_ns])
+    payload = json.dumps({"version": CACHE_VERSION, "size": size, "files": entries})
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def cached_arrays(pairs, size: int, cache_dir) -> tuple[np.ndarray, np.ndarray]:
+    """Images [N, size, size, 3] and {0,1} masks [N, size, size] as read-only memory maps, building them once."""
+    folder = Path(cache_dir) / f"{size}px-{cache_key(pairs, size)}"
+    if not (folder / "masks.npy").exists():
+        _build(pairs, size, folder)
+    return np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "masks.npy", mmap_mode="r")
+
+
+def _build(pairs, size: int, folder: Path) -> None:
+    """Decode and resize all pairs, writing the arrays into a temporary folder renamed into place at the end."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        images = np.lib.format.open_memmap(staging / "images.npy", "w+", np.uint8, (len(pairs), size, size, 3))
+        masks = np.lib.format.open_memmap(staging / "masks.npy", "w+", np.uint8, (len(pairs), size, size))
+        for index, (_, image_path, mask_path) in enumerate(tqdm(pairs, desc=f"caching {size}px", unit="img")):
+            images[index], masks[index] = load_pair(image_path, mask_path, size)
+        images.flush()
+        masks.flush()
+        del images, masks
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if not (folder / "masks.npy").exists():  # another process did not win the race: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

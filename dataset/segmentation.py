@@ -1,0 +1,75 @@
+"""The PyTorch dataset over (image, mask) pairs and the seeded sampler that makes augmentation reproducible."""
+
+import signal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from dataset.cache import cached_arrays
+from dataset.images import load_pair
+
+
+class PolypDataset(Dataset):
+    """Pairs resized to `image_size` and passed through an albumentations `transform`.
+
+    Items are (image float32 [3, H, W] normalised, mask float32 [1, H, W] in {0, 1}). With `cache_dir`,
+    every file is decoded and resized once into a memory-mapped cache; without it, on every access.
+    An item key may be an index or an (index, seed) pair from EpochSampler: the seed fixes the
+    augmentation of that sample, so results do not depend on worker count or scheduling.
+    """
+
+    def __init__(self, pairs, image_size: int, transform, cache_dir=None):
+        self.pairs = list(pairs)
+        self.image_size = image_size
+        self.transform = transform
+        self.arrays = cached_arrays(self.pairs, image_size, cache_dir) if cache_dir is not None else None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def resized_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The resized uint8 image [H, W, 3] and {0,1} mask [H, W] before augmentation."""
+        if self.arrays is not None:
+            return self.arrays[0][index], self.arrays[1][index]
+        _, image_path, mask_path = self.pairs[index]
+        return load_pair(image_path, mask_path, self.image_size)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image, mask = self.resized_pair(index)
+        if seed is not None:
+            self.transform.set_random_seed(seed)
+        sample = self.transform(image=np.asarray(image), mask=np.asarray(mask))
+        image = torch.from_numpy(np.ascontiguousarray(sample["image"].transpose(2, 0, 1), dtype=np.float32))
+        mask = torch.from_numpy(np.array(sample["mask"], dtype=np.float32)[None])
+        return image, mask
+
+
+class EpochSampler(Sampler):
+    """Yields (index, augmentation seed) pairs in an order fixed by (seed, epoch).
+
+    `set_epoch(epoch, skip=k)` starts that epoch's order at position k, for resuming mid-epoch.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self):
+        generator = np.random.default_rng([self.seed, self.epoch])
+        order = generator.permutation(self.size) if self.shuffle else np.arange(self.size)
+        seeds = generator.integers(0, 2**31 - 1, size=self.size)
+        for position in range(self.skip, self.size):
+            yield int(order[position]), int(seeds[position])
+
+    def __len__(self) -> int:
+        return self.size - self.skip
+
+
+def worker_init(_worker_id: int) -> None:
+    """Workers ignore Ctrl-C: the main process catches it, saves, and shuts them down in order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,35 @@
+"""Albumentations pipelines. Images arrive already resized (see dataset/cache.py), so these only augment
+and normalise; geometric transforms move image and mask together."""
+
+import albumentations as A
+import cv2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+AUGMENTATIONS = ("none", "flips", "strong")
+
+
+def build_transform(augmentation: str = "none") -> A.Compose:
+    """`none`: normalise only (evaluation). `flips`: random horizontal and vertical flips (the seed recipe).
+    `strong`: flips, 90-degree rotations, random affine (rotate +-45 deg, scale 0.75-1.25, shift 10%)
+    and brightness/contrast jitter."""
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augmentation!r}; choose one of {AUGMENTATIONS}")
+    steps = []
+    if augmentation in ("flips", "strong"):
+        steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+    if augmentation == "strong":
+        steps += [
+            A.RandomRotate90(p=0.5),
+            A.Affine(
+                rotate=(-45, 45),
+                scale=(0.75, 1.25),
+                translate_percent=(-0.1, 0.1),
+                border_mode=cv2.BORDER_CONSTANT,
+                p=0.7,
+            ),
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        ]
+    steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    return A.Compose(steps)

@@ -1,0 +1,75 @@
+"""U-Net (Ronneberger et al., 2015) built from small named parts, with BatchNorm and padding-safe skips."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv -> BatchNorm -> ReLU) twice; padding keeps the spatial size."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Down(nn.Sequential):
+    """Encoder step: 2x2 max-pool halves the size, then a double conv."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels))
+
+
+class Up(nn.Module):
+    """Decoder step: 2x2 transposed conv doubles the size, concatenate the skip, then a double conv."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.upsample = nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)
+        self.conv = DoubleConv(in_channels // 2 + out_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.upsample(x)
+        # Odd sizes lose a row or column to pooling; pad back so the skip and upsampled maps align.
+        dy, dx = skip.shape[2] - x.shape[2], skip.shape[3] - x.shape[3]
+        x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class OutConv(nn.Conv2d):
+    """1x1 conv from feature channels to one logit map per class."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, kernel_size=1)
+
+
+class UNet(nn.Module):
+    """Encoder-decoder with skip connections; `forward` returns logits [N, out_channels, H, W].
+
+    Channel widths are base_channels * 2**level for levels 0..depth; any input size of at least
+    2**depth pixels per side works.
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 1, base_channels: int = 64, depth: int = 4):
+        super().__init__()
+        self.config = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels, depth=depth)
+        widths = [base_channels * 2**level for level in range(depth + 1)]
+        self.inc = DoubleConv(in_channels, widths[0])
+        self.downs = nn.ModuleList(Down(widths[i], widths[i + 1]) for i in range(depth))
+        self.ups = nn.ModuleList(Up(widths[i + 1], widths[i]) for i in reversed(range(depth)))
+        self.outc = OutConv(widths[0], out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.inc(x)]
+        for down in self.downs:
+            skips.append(down(skips[-1]))
+        x = skips.pop()  # the bottleneck
+        for up in self.ups:
+            x = up(x, skips.pop())
+        return self.outc(x)

@@ -1,0 +1,118 @@
+"""The PyTorch dataset: item shapes and values, image readers, the resize cache and seeded augmentation."""
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dataset import cache
+from dataset.cache import cached_arrays
+from dataset.images import load_pair, read_mask, read_rgb
+from dataset.kvasir import DatasetError, prepare_kvasir_seg
+from dataset.segmentation import EpochSampler, PolypDataset
+from dataset.transforms import build_transform
+
+
+@pytest.fixture
+def pairs(kvasir_dir):
+    return prepare_kvasir_seg(kvasir_dir)
+
+
+@pytest.mark.parametrize("size", [16, 32, 48])
+@pytest.mark.parametrize("augmentation", ["none", "flips", "strong"])
+def test_items_have_expected_shapes_and_values(pairs, size, augmentation):
+    dataset = PolypDataset(pairs, size, build_transform(augmentation))
+    image, mask = dataset[(3, 7)]
+    assert image.shape == (3, size, size) and image.dtype == torch.float32
+    assert mask.shape == (1, size, size) and mask.dtype == torch.float32
+    assert set(mask.unique().tolist()) <= {0.0, 1.0} and mask.sum() > 0
+    assert -3 < image.mean() < 3  # normalised, not 0-255
+
+
+def test_masks_are_binarised_at_127(tmp_path):
+    mask = np.array([[0, 8, 127, 128], [246, 255, 60, 200]], np.uint8)
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    cv2.imwrite(str(tmp_path / "i.png"), np.zeros((2, 4, 3), np.uint8))
+    with pytest.warns(UserWarning, match="not a binary mask"):
+        _, binary = load_pair(tmp_path / "i.png", tmp_path / "m.png")
+    assert binary.tolist() == [[0, 0, 0, 1], [1, 1, 0, 1]]
+
+
+def test_same_seed_same_augmentation(pairs):
+    dataset = PolypDataset(pairs, 32, build_transform("strong"))
+    first, again = dataset[(0, 123)], dataset[(0, 123)]
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert any(not torch.equal(first[0], dataset[(0, seed)][0]) for seed in range(124, 130))
+
+
+def test_epoch_sampler_is_seeded_and_resumable():
+    sampler = EpochSampler(10, seed=3)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    assert sorted(index for index, _ in full) == list(range(10))
+    assert list(sampler) == full
+    sampler.set_epoch(2, skip=4)
+    assert list(sampler) == full[4:] and len(sampler) == 6
+    sampler.set_epoch(3)
+    assert list(sampler) != full
+
+
+@pytest.mark.parametrize("augmentation", ["none", "strong"])
+def test_cached_and_uncached_loading_give_the_same_samples(pairs, tmp_path, augmentation):
+    cached = PolypDataset(pairs, 32, build_transform(augmentation), cache_dir=tmp_path / "cache")
+    uncached = PolypDataset(pairs, 32, build_transform(augmentation))
+    for key in [(0, 1), (5, 2), (15, 3)]:
+        for from_cache, from_files in zip(cached[key], uncached[key], strict=True):
+            assert torch.equal(from_cache, from_files)
+
+
+def test_cache_hit_miss_and_invalidation(pairs, tmp_path, monkeypatch):
+    tmp_path = tmp_path / "cache"
+    built = []
+    real_build = cache._build
+    monkeypatch.setattr(cache, "_build", lambda *args: built.append(args[1]) or real_build(*args))
+    images, masks = cached_arrays(pairs, 24, tmp_path)  # miss: builds
+    assert images.shape == (16, 24, 24, 3) and masks.shape == (16, 24, 24) and len(built) == 1
+    cached_arrays(pairs, 24, tmp_path)  # hit
+    assert len(built) == 1
+    cached_arrays(pairs, 20, tmp_path)  # another size: a new cache
+    assert len(built) == 2
+    image_path = pairs[0][1]
+    cv2.imwrite(str(image_path), np.full((40, 48, 3), 255, np.uint8))  # the source changes
+    os.utime(image_path, ns=(1, 1))
+    changed, _ = cached_arrays(pairs, 24, tmp_path)
+    assert len(built) == 3
+    assert changed[0].min() >= 250 and not np.array_equal(changed[0], images[0])
+    assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 3
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_images_of_any_channel_count_read_as_rgb(tmp_path, channels):
+    data = np.random.default_rng(0).integers(0, 255, (10, 12, channels), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "x.png"), data if channels > 1 else data[:, :, 0])
+    image = read_rgb(tmp_path / "x.png")
+    assert image.shape == (10, 12, 3) and image.dtype == np.uint8
+    if channels == 3:
+        assert np.array_equal(image, data[:, :, ::-1])
+
+
+def test_bad_files_are_named(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "garbage.jpg").write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match="empty.jpg is empty"):
+        read_rgb(tmp_path / "empty.jpg")
+    with pytest.raises(DatasetError, match="garbage.jpg cannot be read"):
+        read_rgb(tmp_path / "garbage.jpg")
+    cv2.imwrite(str(tmp_path / "image.png"), np.zeros((10, 10, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "mask.png"), np.zeros((12, 10), np.uint8))
+    with pytest.raises(DatasetError, match="mask must have its image's size"):
+        load_pair(tmp_path / "image.png", tmp_path / "mask.png")
+
+
+def test_non_binary_mask_warns(tmp_path):
+    grey = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1))
+    cv2.imwrite(str(tmp_path / "grey.png"), grey)
+    with pytest.warns(UserWarning, match="not a binary mask"):
+        read_mask(tmp_path / "grey.png")

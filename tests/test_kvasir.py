@@ -1,0 +1,94 @@
+"""Getting the dataset: from a folder, from the zip, from a URL; incomplete data is named, never half-used."""
+
+import shutil
+
+import pytest
+
+from dataset import kvasir
+from dataset.archive import ArchiveError
+from dataset.download import DownloadError
+from dataset.kvasir import DatasetError, pair_images_and_masks, prepare_kvasir_seg
+from tests.synthetic import make_kvasir_folder, zip_folder
+
+
+def test_uses_an_extracted_folder(kvasir_dir):
+    pairs = prepare_kvasir_seg(kvasir_dir, url="http://127.0.0.1:9/never-called")
+    assert len(pairs) == 16
+    assert [sample_id for sample_id, _, _ in pairs] == sorted(sample_id for sample_id, _, _ in pairs)
+    assert all(image.stem == mask.stem == sample_id for sample_id, image, mask in pairs)
+
+
+def test_extracts_the_zip_when_no_folder(tmp_path, kvasir_zip, capsys):
+    shutil.copy(kvasir_zip, tmp_path / "kvasir-seg.zip")
+    pairs = prepare_kvasir_seg(tmp_path, url="http://127.0.0.1:9/never-called")
+    assert len(pairs) == 16
+    assert "16 images with masks" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Kvasir-SEG", "kvasir-seg.zip"]  # no staging left
+
+
+def test_downloads_then_extracts(tmp_path, kvasir_zip, http_server):
+    served, url, seen = http_server
+    shutil.copy(kvasir_zip, served / "kvasir-seg.zip")
+    pairs = prepare_kvasir_seg(tmp_path / "data", url=f"{url}/kvasir-seg.zip")
+    assert len(pairs) == 16 and seen == ["/kvasir-seg.zip"]
+    assert prepare_kvasir_seg(tmp_path / "data", url=f"{url}/kvasir-seg.zip") == pairs
+    assert seen == ["/kvasir-seg.zip"]  # the second call uses what is on disk
+
+
+def test_failed_download_says_where_to_put_the_zip(tmp_path, monkeypatch):
+    monkeypatch.setattr(kvasir, "download_file", _failing_download)
+    with pytest.raises(Exception, match=r"save it as .*kvasir-seg.zip"):
+        prepare_kvasir_seg(tmp_path, url="http://127.0.0.1:9/kvasir-seg.zip")
+    assert not (tmp_path / "Kvasir-SEG").exists()
+
+
+def _failing_download(url, destination, validate=None):
+    raise DownloadError(f"could not download {url}: could not connect (no network?).")
+
+
+def test_interrupted_extraction_leaves_no_dataset(tmp_path, kvasir_zip, monkeypatch):
+    shutil.copy(kvasir_zip, tmp_path / "kvasir-seg.zip")
+
+    def interrupted(zip_path, target):
+        (target / "Kvasir-SEG" / "images").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kvasir, "safe_extract_zip", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_kvasir_seg(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kvasir-seg.zip"]
+    monkeypatch.undo()
+    assert len(prepare_kvasir_seg(tmp_path)) == 16  # the next run starts cleanly
+
+
+def test_zip_without_kvasir_layout_is_refused(tmp_path):
+    other = tmp_path / "other"
+    (other / "pictures").mkdir(parents=True)
+    (other / "pictures" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "data").mkdir()
+    zip_folder(other, tmp_path / "data" / "kvasir-seg.zip")
+    with pytest.raises(DatasetError, match="Kvasir-SEG layout"):
+        prepare_kvasir_seg(tmp_path / "data")
+
+
+def test_corrupt_zip_on_disk_is_reported(tmp_path):
+    (tmp_path / "kvasir-seg.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ArchiveError, match="corrupt or truncated"):
+        prepare_kvasir_seg(tmp_path)
+
+
+def test_missing_mask_and_missing_image_are_named(tmp_path):
+    root = make_kvasir_folder(tmp_path, count=4)
+    (root / "masks" / "sample_001.jpg").unlink()
+    (root / "images" / "sample_002.jpg").unlink()
+    with pytest.raises(DatasetError) as error:
+        pair_images_and_masks(root / "images", root / "masks")
+    assert "sample_001" in str(error.value) and "without a mask" in str(error.value)
+    assert "sample_002" in str(error.value) and "without an image" in str(error.value)
+
+
+def test_empty_folder_is_reported(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(DatasetError, match="no images found"):
+        pair_images_and_masks(tmp_path / "images", tmp_path / "masks")

@@ -1,0 +1,60 @@
+"""U-Net shapes for many input sizes, and checkpoints that rebuild the model or fail clearly."""
+
+import argparse
+
+import pytest
+import torch
+
+from model import UNet, load_checkpoint, load_model, save_checkpoint
+from utils.errors import UserError
+
+
+@pytest.mark.parametrize("size", [(32, 32), (37, 53), (64, 48), (17, 16)])
+@pytest.mark.parametrize("depth", [2, 4])
+def test_logits_have_input_size(size, depth):
+    model = UNet(3, 1, base_channels=4, depth=depth).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, *size))
+    assert logits.shape == (2, 1, *size)
+
+
+def test_widths_follow_base_channels():
+    model = UNet(3, 2, base_channels=8, depth=3)
+    assert model.inc[0].out_channels == 8
+    assert model.downs[-1][1][0].out_channels == 64
+    assert model.outc.out_channels == 2
+
+
+def test_load_model_rebuilds_the_same_network(tmp_path):
+    torch.manual_seed(0)
+    model = UNet(3, 1, base_channels=4, depth=2).eval()
+    path = tmp_path / "model.pth"
+    save_checkpoint(path, {"model_state": model.state_dict(), "model_config": model.config})
+    loaded = load_model(path)
+    x = torch.randn(1, 3, 20, 20)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert not loaded.training
+    assert not list(tmp_path.glob(".*tmp"))  # the temporary file was renamed away
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pth")
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "text.pth")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pth")
+    with pytest.raises(UserError, match="not a checkpoint of this repository"):
+        load_checkpoint(tmp_path / "foreign.pth")
+    small = UNet(3, 1, base_channels=4, depth=2)
+    state = {"model_state": small.state_dict(), "model_config": {**small.config, "base_channels": 8}}
+    torch.save(state, tmp_path / "wrong_width.pth")
+    with pytest.raises(UserError, match="different architecture or width"):
+        load_model(tmp_path / "wrong_width.pth")
+
+
+def test_checkpoints_load_without_unpickling_objects(tmp_path):
+    torch.save({"model_state": {}, "model_config": {}, "extra": argparse.Namespace()}, tmp_path / "pickled.pth")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "pickled.pth")

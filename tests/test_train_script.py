@@ -1,0 +1,111 @@
+"""`python scripts/train.py` end to end on synthetic data, as a user runs it: in a subprocess."""
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--image-size", "32", "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--num-workers", "0"]
+
+
+def train(tmp_path, *flags, name="run", check=True):
+    """Run the training script on the synthetic data in tmp_path/data; return the completed process."""
+    command = [
+        sys.executable, str(REPO / "scripts" / "train.py"), "--data-dir", str(tmp_path / "data"),
+        "--output-dir", str(tmp_path / name), "--checkpoint-path", str(tmp_path / name / "best.pth"),
+        "--device", "cpu", "--no-show-panels", *TINY, *flags,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def read_history(path):
+    with open(path) as file:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(file)]
+
+
+@pytest.fixture
+def trained(kvasir_dir, tmp_path):
+    result = train(tmp_path, "--epochs", "3", "--panel-every", "2")
+    return tmp_path, result
+
+
+def test_run_writes_checkpoint_panels_and_history(trained):
+    tmp_path, result = trained
+    run = tmp_path / "run"
+    assert "device: cpu" in result.stdout and "val Dice" in result.stdout
+    assert sorted(p.name for p in (run / "panels").iterdir()) == ["epoch_002.png", "epoch_003.png"]
+    history = read_history(run / "history.csv")
+    assert [row["epoch"] for row in history] == ["1", "2", "3"]
+    checkpoint = torch.load(run / "best.pth", weights_only=True)
+    assert checkpoint["model_config"] == {"in_channels": 3, "out_channels": 1, "base_channels": 4, "depth": 2}
+    assert checkpoint["preprocessing"]["image_size"] == 32
+    best = max(history, key=lambda row: float(row["val_dice"]))
+    assert checkpoint["epoch"] == int(best["epoch"])
+    assert checkpoint["metrics"]["val_dice"] == pytest.approx(float(best["val_dice"]))
+    assert checkpoint["config"]["LEARNING_RATE"] == 1e-5 and checkpoint["config"]["EPOCHS"] == 3
+
+
+def test_checkpoint_reproduces_its_validation_dice_in_a_fresh_process(trained):
+    tmp_path, _ = trained
+    script = textwrap.dedent(f"""
+        import torch
+        from torch.utils.data import DataLoader
+        from dataset.kvasir import prepare_kvasir_seg
+        from dataset.segmentation import PolypDataset
+        from dataset.splits import make_split
+        from dataset.transforms import build_transform
+        from model import load_checkpoint, load_model
+        from utils.evaluation import evaluate
+        from utils.losses import bce_dice_loss
+
+        path = {str(tmp_path / "run" / "best.pth")!r}
+        checkpoint, model = load_checkpoint(path), load_model(path)
+        config = checkpoint["config"]
+        pairs = {{p[0]: p for p in prepare_kvasir_seg(config["DATA_DIR"])}}
+        split = make_split(sorted(pairs), config["VAL_FRACTION"], config["SEED"])
+        val = PolypDataset([pairs[i] for i in split.val], config["IMAGE_SIZE"], build_transform("none"))
+        scores = evaluate(model, DataLoader(val, batch_size=3), bce_dice_loss, torch.device("cpu"))
+        print(repr(scores["dice"]), repr(checkpoint["metrics"]["val_dice"]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reproduced, recorded = map(float, result.stdout.split()[-2:])
+    assert reproduced == pytest.approx(recorded, abs=1e-6)
+
+
+def test_same_settings_give_the_same_history(trained):
+    tmp_path, _ = trained
+    train(tmp_path, "--epochs", "3", "--panel-every", "2", name="again")
+    assert read_history(tmp_path / "again" / "history.csv") == read_history(tmp_path / "run" / "history.csv")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch-size", "0"], "BATCH_SIZE must be at least 1"),
+        (["--learning-rate", "-0.1"], "LEARNING_RATE must be > 0"),
+        (["--val-fraction", "1.5"], "VAL_FRACTION must be between 0 and 1"),
+        (["--image-size", "4"], "IMAGE_SIZE must be at least 8"),
+        (["--augmentation", "wild"], "AUGMENTATION must be one of"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_work(tmp_path, flags, message):
+    result = train(tmp_path, *flags, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()  # nothing was downloaded or written
+
+
+def test_preset_applies_before_flags(kvasir_dir, tmp_path):
+    train(tmp_path, "--preset", "seed", "--epochs", "1", *TINY)
+    config = torch.load(tmp_path / "run" / "best.pth", weights_only=True)["config"]
+    assert config["PRESET"] == "seed" and config["EPOCHS"] == 1 and config["LEARNING_RATE"] == 1e-5

@@ -1,0 +1,1 @@
+"""Shared helpers: loss, metrics, evaluation, visualisation, configuration, devices and safe file writes."""

@@ -1,0 +1,55 @@
+"""Write files so that a reader never sees half of one: write beside the target, then rename over it."""
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+
+from utils.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path in the target's folder; on success rename it onto `path`, else delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Replace `path` with `text` in one step."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path, what: str):
+    """Hold an exclusive lock on `path` for the block, refusing (with the holder's pid) if another process has it.
+
+    The operating system drops the lock when the holder exits, even when it is killed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(
+                f"another run (pid {holder}) is writing {what}; wait for it to finish, or give this run"
+                " a different --output-dir and --checkpoint-path."
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)
