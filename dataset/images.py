@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 
 from dataset.kvasir import DatasetError
+from utils.files import atomic_path
 
 # OpenCV's own thread pool does not survive fork(): DataLoader workers that inherit a started pool hang.
 # Parallelism comes from the workers instead.
@@ -47,6 +48,17 @@ def read_mask(path) -> np.ndarray:
     if grey > GREY_FRACTION_WARNING:
         warnings.warn(f"{path} is not a binary mask ({grey:.1%} grey pixels); binarising it at >127.", stacklevel=2)
     return mask
+
+
+def write_png(path, image: np.ndarray) -> None:
+    """Save a grey [H, W] or RGB [H, W, 3] uint8 array as a PNG, atomically (never a half-written file)."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    encoded, data = cv2.imencode(".png", image)
+    if not encoded:
+        raise DatasetError(f"could not encode {path} as PNG.")
+    with atomic_path(path) as temporary:
+        data.tofile(temporary)
 
 
 def binarize_mask(mask: np.ndarray) -> np.ndarray:

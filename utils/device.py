@@ -30,3 +30,10 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """An autocast context that is a no-op when `dtype` is None."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def describe_device(device: torch.device) -> str:
+    """The device with its GPU name or CPU thread count, for reports next to timings."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

@@ -1,5 +1,6 @@
 """Matplotlib panels of input / ground truth / prediction, saved as PNG and shown only where a window can open."""
 
+import cv2
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
@@ -19,13 +20,27 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
 
 def panel_figure(images, masks, predictions, title: str = "", row_labels=None):
     """One row per sample: input image, ground-truth mask, predicted mask (tensors [N, C, H, W])."""
+    return comparison_figure(
+        [denormalize(image) for image in images],
+        [mask[0].float().cpu().numpy() for mask in masks],
+        [prediction[0].float().cpu().numpy() for prediction in predictions],
+        title,
+        row_labels,
+    )
+
+
+def comparison_figure(images, masks, predictions, title: str = "", row_labels=None):
+    """One row per sample: input image, ground-truth mask, predicted mask, as arrays of any (per-row) size.
+
+    Images are RGB [H, W, 3] (uint8, or float in [0, 1]); masks and predictions are [H, W] in {0, 1}.
+    """
     rows = len(images)
     figure, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
     for row in range(rows):
         columns = (
-            (denormalize(images[row]), "input"),
-            (masks[row][0].float().cpu().numpy(), "ground truth"),
-            (predictions[row][0].float().cpu().numpy(), "prediction"),
+            (images[row], "input"),
+            (np.asarray(masks[row], dtype=np.float32), "ground truth"),
+            (np.asarray(predictions[row], dtype=np.float32), "prediction"),
         )
         for axis, (picture, name) in zip(axes[row], columns, strict=True):
             axis.imshow(picture, cmap=None if picture.ndim == 3 else "gray", vmin=0, vmax=1)
@@ -36,6 +51,15 @@ def panel_figure(images, masks, predictions, title: str = "", row_labels=None):
         figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, colour=(0, 255, 0), opacity: float = 0.35) -> np.ndarray:
+    """The RGB uint8 image with the mask filled translucently and outlined in `colour` (same size as the image)."""
+    overlay = image.copy()
+    overlay[mask] = ((1 - opacity) * image[mask] + opacity * np.array(colour)).astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    thickness = max(1, round(min(mask.shape) / 250))
+    return cv2.drawContours(overlay, contours, -1, colour, thickness)
 
 
 def can_show_windows() -> bool:

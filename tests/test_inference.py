@@ -1,0 +1,67 @@
+"""utils/inference.py: training-identical preprocessing, predictions back at each image's size, flip TTA."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
+from model import UNet
+from utils.inference import Predictor, prepare_image
+from utils.visualization import overlay_mask
+
+PREPROCESSING = {"image_size": 32, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+
+
+class ColumnRamp(torch.nn.Module):
+    """Logits rising from -3 at the left column to +3 at the right, whatever the input: not flip-invariant."""
+
+    def forward(self, x):
+        ramp = torch.linspace(-3, 3, x.shape[3])
+        return ramp.expand(x.shape[0], 1, x.shape[2], x.shape[3])
+
+
+def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(("height", "width"), [(37, 53), (53, 37), (32, 32), (300, 417)])
+def test_prepare_image_matches_the_training_preprocessing(height, width):
+    image = random_image(height, width)
+    training = build_transform("none")(image=cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA))["image"]
+    prepared = prepare_image(image, PREPROCESSING)
+    assert prepared.shape == (3, 32, 32) and prepared.dtype == np.float32
+    np.testing.assert_allclose(prepared, training.transpose(2, 0, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_probabilities_and_masks_come_back_at_each_image_size(tta):
+    torch.manual_seed(0)
+    predictor = Predictor(UNet(3, 1, 4, 2), PREPROCESSING, tta=tta)
+    images = [random_image(37, 53), random_image(53, 37, seed=1), random_image(31, 31, seed=2)]
+    probabilities = predictor.probabilities(images)
+    masks = predictor.masks(images)
+    for image, probability, mask in zip(images, probabilities, masks, strict=True):
+        assert tuple(probability.shape) == image.shape[:2] == mask.shape
+        assert 0 <= probability.min() <= probability.max() <= 1
+        assert mask.dtype == bool and np.array_equal(mask, probability.numpy() > 0.5)
+
+
+def test_tta_averages_the_probabilities_of_the_image_and_its_flips():
+    batch = torch.zeros(2, 3, 8, 12)
+    plain = Predictor(ColumnRamp(), PREPROCESSING).predict_batch(batch)
+    averaged = Predictor(ColumnRamp(), PREPROCESSING, tta=True).predict_batch(batch)
+    # identity p, horizontal flip 1 - p (the ramp reversed), vertical flip p (rows are all equal): mean (1 + p) / 3
+    torch.testing.assert_close(averaged, (1 + plain) / 3)
+    assert not torch.allclose(averaged, plain)
+
+
+@pytest.mark.parametrize(("height", "width"), [(37, 53), (120, 90)])
+def test_overlay_marks_the_mask_and_leaves_the_rest(height, width):
+    image = random_image(height, width)
+    mask = np.zeros((height, width), bool)
+    mask[height // 4 : height // 2, width // 3 : 2 * width // 3] = True
+    overlay = overlay_mask(image, mask)
+    assert overlay.shape == image.shape and overlay.dtype == np.uint8
+    assert np.array_equal(overlay[~mask], image[~mask])
+    assert np.all(np.any(overlay[mask] != image[mask], axis=1))

@@ -1,0 +1,110 @@
+"""Inference on RGB images of any size: resize to the checkpoint's training size, normalise, predict (optionally
+averaging flips), and resize the probabilities back to each image's own size. Shared by scripts/evaluate.py,
+scripts/predict.py and notebooks/explore_predictions.ipynb."""
+
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.checkpoint import build_model, load_checkpoint
+from utils.device import autocast, autocast_dtype, resolve_device
+from utils.errors import UserError
+
+THRESHOLD = 0.5  # a pixel is polyp when its probability exceeds this
+TTA_FLIPS = ((), (3,), (2,))  # identity, horizontal flip, vertical flip (dims of an [N, C, H, W] batch)
+
+
+def prepare_image(image: np.ndarray, preprocessing: dict) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> float32 [3, S, S] at the training size S, normalised as in training.
+
+    Resized with area interpolation like the training data (dataset/images.py), then (x / 255 - mean) / std.
+    """
+    size = preprocessing["image_size"]
+    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    normalised = (resized - np.float32(preprocessing["mean"])) / np.float32(preprocessing["std"])
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))
+
+
+def resize_probabilities(probabilities: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A [1, S, S] probability map -> [height, width] by bilinear interpolation (before any thresholding)."""
+    resized = F.interpolate(probabilities[None].float(), size=(height, width), mode="bilinear", align_corners=False)
+    return resized[0, 0]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that timings measure the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Predictor:
+    """A segmentation model with its preprocessing: RGB images of any size in, probability maps of that size out."""
+
+    model: torch.nn.Module
+    preprocessing: dict
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp_dtype: torch.dtype | None = None
+    tta: bool = False
+
+    def __post_init__(self):
+        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        self.model = self.model.to(self.device, memory_format=self.memory_format).eval()
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint, device="auto", mixed_precision: bool = True, tta: bool = False):
+        """Build from a checkpoint dict or path; `device` is auto | cpu | cuda | cuda:N, bf16/fp16 autocast on CUDA."""
+        checkpoint = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        if "preprocessing" not in checkpoint:
+            raise UserError("the checkpoint lacks its `preprocessing` (image size, mean, std); retrain with train.py.")
+        device = resolve_device(device) if isinstance(device, str) else device
+        amp_dtype = autocast_dtype(device) if mixed_precision else None
+        return cls(build_model(checkpoint), checkpoint["preprocessing"], device, amp_dtype, tta)
+
+    def prepare(self, images: list[np.ndarray]) -> torch.Tensor:
+        """A normalised batch [N, 3, S, S] on the predictor's device."""
+        batch = torch.from_numpy(np.stack([prepare_image(image, self.preprocessing) for image in images]))
+        return batch.to(self.device, memory_format=self.memory_format)
+
+    @torch.inference_mode()
+    def predict_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Probabilities [N, 1, S, S] (float32) of a prepared batch; with TTA, the mean over TTA_FLIPS."""
+        flips = TTA_FLIPS if self.tta else TTA_FLIPS[:1]
+        total = torch.zeros((), device=batch.device)
+        for dims in flips:
+            with autocast(self.device, self.amp_dtype):
+                logits = self.model(batch.flip(dims) if dims else batch)
+            probabilities = torch.sigmoid(logits.float())
+            total = total + (probabilities.flip(dims) if dims else probabilities)
+        return total / len(flips)
+
+    def probabilities(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """Probability maps [H, W] on the CPU, each at its image's own size."""
+        batch_probabilities = self.predict_batch(self.prepare(images)).cpu()
+        return [
+            resize_probabilities(probabilities, *image.shape[:2])
+            for probabilities, image in zip(batch_probabilities, images, strict=True)
+        ]
+
+    def masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Boolean masks [H, W] (probability > THRESHOLD), each at its image's own size."""
+        return [(probabilities > THRESHOLD).numpy() for probabilities in self.probabilities(images)]
+
+
+def measure_speed(predictor: Predictor, batch: torch.Tensor, warmup: int = 2, min_seconds: float = 1.0) -> dict:
+    """Throughput of the model alone on a prepared batch (TTA included when on): no file reading, resizing or
+    scoring. Runs `warmup` untimed batches, then times at least 3 batches and `min_seconds`, CUDA synchronised."""
+    for _ in range(warmup):
+        predictor.predict_batch(batch)
+    synchronize(predictor.device)
+    repeats, start = 0, time.perf_counter()
+    while repeats < 3 or time.perf_counter() - start < min_seconds:
+        predictor.predict_batch(batch)
+        repeats += 1
+    synchronize(predictor.device)
+    seconds_per_image = (time.perf_counter() - start) / (repeats * len(batch))
+    return {"images_per_second": 1 / seconds_per_image, "ms_per_image": 1000 * seconds_per_image}
