@@ -12,6 +12,18 @@ def flag_name(constant: str) -> str:
     return "--" + constant.lower().replace("_", "-")
 
 
+def script_constants(namespace: dict) -> dict:
+    """A script's settings: the UPPER_CASE names of `namespace` (its globals()) bound to plain values.
+
+    Imported tuples, dicts and modules are not settings; import UPPER_CASE plain values as `module.NAME`.
+    """
+    return {
+        name: value
+        for name, value in namespace.items()
+        if name.isupper() and isinstance(value, (bool, int, float, str))
+    }
+
+
 def parse_config(
     defaults: dict, argv=None, description: str = "", presets: dict[str, dict] | None = None, extra_flags=()
 ) -> dict:

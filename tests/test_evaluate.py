@@ -1,0 +1,133 @@
+"""scripts/evaluate.py and utils/evaluation.py: hand-computed scores at each mask's own (odd, non-square) size."""
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dataset.kvasir import pair_images_and_masks
+from tests.scripts import load_script, run_script
+from tests.synthetic import save_untrained_checkpoint
+from utils.errors import UserError
+from utils.evaluation import score_pairs, summarize
+from utils.inference import Predictor
+
+PREPROCESSING = {"image_size": 32, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+
+
+class ConstantLogit(torch.nn.Module):
+    """Predicts the same logit everywhere: every pixel polyp (positive) or none (negative)."""
+
+    def __init__(self, logit: float):
+        super().__init__()
+        self.logit = logit
+
+    def forward(self, x):
+        return torch.full((x.shape[0], 1, x.shape[2], x.shape[3]), self.logit)
+
+
+class LeftHalf(torch.nn.Module):
+    """Predicts polyp on the left half of the model-sized output, background on the right."""
+
+    def forward(self, x):
+        logits = torch.full((x.shape[0], 1, x.shape[2], x.shape[3]), -10.0)
+        logits[..., : x.shape[3] // 2] = 10.0
+        return logits
+
+
+def write_pair(folder, name: str, mask: np.ndarray, image_suffix: str, mask_suffix: str) -> None:
+    """A random image with `mask` (0/255), saved in the given formats under folder/{images,masks}."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    image = np.random.default_rng(0).integers(0, 256, (*mask.shape, 3), dtype=np.uint8)
+    cv2.imwrite(str(folder / "images" / f"{name}{image_suffix}"), image)
+    cv2.imwrite(str(folder / "masks" / f"{name}{mask_suffix}"), mask)
+
+
+@pytest.fixture
+def odd_pairs(tmp_path):
+    """`box`: 37x53 (h x w) with a 10x20 polyp (200 px) in TIFF/BMP; `clean`: 29x41 without polyp in JPEG/PNG."""
+    box = np.zeros((37, 53), np.uint8)
+    box[5:15, 10:30] = 255
+    write_pair(tmp_path, "box", box, ".tiff", ".bmp")
+    write_pair(tmp_path, "clean", np.zeros((29, 41), np.uint8), ".jpg", ".png")
+    return pair_images_and_masks(tmp_path / "images", tmp_path / "masks")
+
+
+BOX_PIXELS, CLEAN_PIXELS, POLYP = 37 * 53, 29 * 41, 200
+EXPECTED = {
+    "everything": {  # every pixel predicted polyp
+        "box": dict(dice=400 / (400 + BOX_PIXELS - POLYP), iou=POLYP / BOX_PIXELS, precision=POLYP / BOX_PIXELS,
+                    recall=1.0, f2=1000 / (1000 + BOX_PIXELS - POLYP), accuracy=POLYP / BOX_PIXELS),
+        "clean": dict(dice=0.0, iou=0.0, precision=0.0, recall=0.0, f2=0.0, accuracy=0.0),
+        "global": dict(dice=400 / (400 + BOX_PIXELS - POLYP + CLEAN_PIXELS), iou=POLYP / (BOX_PIXELS + CLEAN_PIXELS)),
+    },
+    "nothing": {  # an empty prediction: misses the polyp, is right about the clean image
+        "box": dict(dice=0.0, iou=0.0, precision=0.0, recall=0.0, f2=0.0, accuracy=1 - POLYP / BOX_PIXELS),
+        "clean": dict(dice=1.0, iou=1.0, precision=1.0, recall=1.0, f2=1.0, accuracy=1.0),
+        "global": dict(dice=0.0, iou=0.0),
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("prediction", "logit"), [("everything", 10.0), ("nothing", -10.0)])
+def test_scores_match_hand_computed_values(odd_pairs, prediction, logit):
+    rows = score_pairs(Predictor(ConstantLogit(logit), PREPROCESSING), odd_pairs, batch_size=2)
+    expected = EXPECTED[prediction]
+    assert [(row["id"], row["width"], row["height"]) for row in rows] == [("box", 53, 37), ("clean", 41, 29)]
+    for row in rows:
+        assert row["tp"] + row["fp"] + row["fn"] + row["tn"] == row["width"] * row["height"]
+        assert {name: row[name] for name in expected[row["id"]]} == pytest.approx(expected[row["id"]])
+    summary = summarize(rows)
+    assert summary["images"] == 2
+    assert summary["global"] == pytest.approx(expected["global"])
+    for name in expected["box"]:
+        assert summary["mean"][name] == pytest.approx((expected["box"][name] + expected["clean"][name]) / 2)
+
+
+@pytest.mark.parametrize(("height", "width"), [(37, 53), (53, 37), (45, 45)])
+def test_predictions_are_resized_back_before_scoring(tmp_path, height, width):
+    left, right = np.zeros((height, width), np.uint8), np.zeros((height, width), np.uint8)
+    left[:, : width // 2] = 255
+    right[:, width // 2 :] = 255
+    write_pair(tmp_path, "left", left, ".png", ".png")
+    write_pair(tmp_path, "right", right, ".png", ".png")
+    pairs = pair_images_and_masks(tmp_path / "images", tmp_path / "masks")
+    left_row, right_row = score_pairs(Predictor(LeftHalf(), PREPROCESSING), pairs)
+    assert (left_row["width"], left_row["height"]) == (width, height)
+    # only the column on the midline of an odd width may go either way
+    assert left_row["dice"] >= 1 - 1 / width - 1e-9
+    assert right_row["dice"] < 0.1
+
+
+def test_images_without_masks_are_refused(tmp_path):
+    evaluate = load_script("evaluate")
+    with pytest.raises(UserError, match="give both --images and --masks"):
+        evaluate.select_pairs({"IMAGES": str(tmp_path), "MASKS": ""}, {})
+    with pytest.raises(UserError, match="is not a folder"):
+        evaluate.select_pairs({"IMAGES": str(tmp_path), "MASKS": str(tmp_path / "missing")}, {})
+
+
+def test_script_writes_table_csv_and_json_that_agree(kvasir_dir, tmp_path):
+    checkpoint = save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir)
+    csv_path, json_path = tmp_path / "out" / "per_image.csv", tmp_path / "out" / "summary.json"
+    result = run_script(
+        "evaluate", "--checkpoint", checkpoint, "--data-dir", kvasir_dir, "--device", "cpu", "--tta",
+        "--csv", csv_path, "--json", json_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for text in ("seeded test split", "Dice (per image)", "Dice (global, pixels pooled)", "images/s", "TTA on"):
+        assert text in result.stdout
+    with open(csv_path) as file:
+        rows = list(csv.DictReader(file))
+    summary = json.loads(json_path.read_text())
+    assert summary["summary"]["images"] == len(rows) == 2  # 12% of the 16 synthetic images
+    assert summary["summary"]["mean"]["dice"] == pytest.approx(np.mean([float(row["dice"]) for row in rows]), abs=1e-6)
+    tp, fp, fn = (sum(int(row[name]) for row in rows) for name in ("tp", "fp", "fn"))
+    assert summary["summary"]["global"]["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert summary["speed"]["images_per_second"] > 0 and summary["device"].startswith("cpu")
+    sizes = {(row["width"], row["height"]) for row in rows}
+    assert sizes <= {("48", "40"), ("56", "44"), ("40", "40")}  # the synthetic images' own sizes
