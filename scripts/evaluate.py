@@ -82,7 +82,7 @@ def format_report(report: dict) -> str:
         for name in METRICS
     ]
     lines += [
-        f"{METRIC_LABELS[name] + ' (global, pixels pooled)':<32}{summary['global'][name]:>8.4f}{'':>8}"
+        f"{METRIC_LABELS[name] + ' (global, pixels pooled)':<32}{summary['global'][name]:>8.4f}"
         for name in GLOBAL_METRICS
     ]
     lines += [
