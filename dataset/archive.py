@@ -14,12 +14,15 @@ class ArchiveError(UserError):
     """The archive is corrupt or unsafe; the message says which entry or why."""
 
 
-def require_zip(path) -> None:
-    """Refuse a file that is not a zip archive (a server's HTML error page, a truncated file)."""
+def require_zip(path, label: str | None = None) -> None:
+    """Refuse a file that is not a zip archive (a server's HTML error page, a truncated file).
+
+    `label` names the file in the message (e.g. "what the server sent"); the path is used otherwise.
+    """
     if not zipfile.is_zipfile(path):
         head = Path(path).read_bytes()[:64].lstrip().lower()
         kind = "an HTML page" if head.startswith((b"<!doctype", b"<html")) else "not a zip archive"
-        raise ArchiveError(f"{path} is {kind}, not the Kvasir-SEG zip.")
+        raise ArchiveError(f"{label or path} is {kind}, not the Kvasir-SEG zip.")
 
 
 def safe_extract_zip(zip_path, target_dir) -> None:

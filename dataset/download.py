@@ -6,6 +6,7 @@ from pathlib import Path
 
 import requests
 from tqdm import tqdm
+from urllib3.exceptions import NewConnectionError
 
 from utils.errors import UserError
 
@@ -17,9 +18,10 @@ class DownloadError(UserError):
 def download_file(url: str, destination, *, timeout: float = 30.0, retries: int = 3, validate=None) -> Path:
     """Download `url` to `destination` through `<destination>.part`, renamed only once complete and valid.
 
-    `validate(path)` may raise DownloadError to reject what the server sent (it is then not retried).
-    Connection errors, time-outs, truncated bodies and HTTP 5xx are retried `retries` times with back-off;
-    HTTP 4xx is not. On failure nothing is left at `destination` or at the `.part` path.
+    `validate(path)` may raise a UserError to reject what the server sent (it is then not retried).
+    Time-outs, broken transfers and HTTP 5xx are retried `retries` times with back-off; HTTP 4xx and a host
+    that cannot be reached at all (no network, unknown name, nothing listening) fail at once.
+    On failure nothing is left at `destination` or at the `.part` path.
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +40,8 @@ def download_file(url: str, destination, *, timeout: float = 30.0, retries: int 
                 break
         except requests.RequestException as error:
             problem = _describe(error)
+            if _unreachable(error):
+                break
         finally:
             partial.unlink(missing_ok=True)
         if attempt < retries:
@@ -64,6 +68,12 @@ def _stream_to(url: str, path: Path, timeout: float) -> None:
                 progress.update(len(chunk))
     if expected is not None and received != expected:
         raise requests.ConnectionError(f"connection closed after {received} of {expected} bytes")
+
+
+def _unreachable(error: requests.RequestException) -> bool:
+    """True when no connection could be opened at all (name resolution or connect failed): retrying rarely helps."""
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return isinstance(error, requests.ConnectionError) and isinstance(reason, NewConnectionError)
 
 
 def _describe(error: requests.RequestException) -> str:

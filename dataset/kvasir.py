@@ -33,10 +33,10 @@ def prepare_kvasir_seg(data_dir, url: str = KVASIR_SEG_URL) -> list[tuple[str, P
         if not zip_path.exists():
             print(f"downloading Kvasir-SEG from {url} to {zip_path}")
             try:
-                download_file(url, zip_path, validate=require_zip)
+                download_file(url, zip_path, validate=lambda part: require_zip(part, f"what {url} sent"))
             except UserError as error:
                 raise DownloadError(
-                    f"{error}\nDownload it by hand from {KVASIR_SEG_URL} and save it as {zip_path}, then run again."
+                    f"{error} Download it by hand from {KVASIR_SEG_URL} and save it as {zip_path}, then run again."
                 ) from None
         extract_kvasir_zip(zip_path, root)
     pairs = pair_images_and_masks(root / "images", root / "masks")

@@ -37,19 +37,36 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return checkpoint
 
 
-def build_model(checkpoint: dict) -> UNet:
+def build_model(checkpoint: dict, source="the checkpoint") -> UNet:
     """A UNet with the checkpoint's architecture and weights, in eval mode, on the CPU."""
     model = UNet(**checkpoint["model_config"])
-    try:
-        model.load_state_dict(checkpoint["model_state"])
-    except RuntimeError as error:
-        raise UserError(
-            f"the checkpoint's weights do not fit UNet({checkpoint['model_config']}): a different architecture"
-            f" or width ({str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else error})."
-        ) from None
+    mismatch = describe_mismatch(model.state_dict(), checkpoint["model_state"])
+    if mismatch:
+        raise UserError(f"{source}'s weights do not fit UNet({checkpoint['model_config']}): {mismatch}.")
+    model.load_state_dict(checkpoint["model_state"])
     return model.eval()
+
+
+def describe_mismatch(expected: dict, found) -> str | None:
+    """Why weights `found` cannot load into a model whose state dict is `expected` (None when they can)."""
+    if not isinstance(found, dict) or not all(isinstance(value, torch.Tensor) for value in found.values()):
+        return "model_state is not a dict of tensors"
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        return (
+            f"{len(missing)} tensor(s) missing and {len(unexpected)} unexpected, a different depth or architecture"
+            f" (e.g. {(missing or unexpected)[0]})"
+        )
+    reshaped = [name for name in expected if found[name].shape != expected[name].shape]
+    if reshaped:
+        name = reshaped[0]
+        return (
+            f"{len(reshaped)} tensor(s) of another shape, a different width (e.g. {name} is"
+            f" {list(found[name].shape)} in the file, {list(expected[name].shape)} expected)"
+        )
+    return None
 
 
 def load_model(path, device="cpu") -> UNet:
     """One line from a checkpoint file to a ready model: `model = load_model("models/unet_kvasirseg.pth")`."""
-    return build_model(load_checkpoint(path)).to(device)
+    return build_model(load_checkpoint(path), source=path).to(device)

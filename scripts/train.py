@@ -30,7 +30,7 @@ from utils.config import parse_config
 from utils.device import autocast, autocast_dtype, resolve_device
 from utils.errors import UserError, run_main
 from utils.evaluation import evaluate
-from utils.files import exclusive_lock, write_text_atomic
+from utils.files import exclusive_lock, remove_stale_temporaries, write_text_atomic
 from utils.interrupt import StopRequest
 from utils.losses import bce_dice_loss
 from utils.metrics import binarize
@@ -86,6 +86,7 @@ PRESETS = {
     "cpu-quick": dict(IMAGE_SIZE=128, BASE_CHANNELS=16, EPOCHS=5, DEVICE="cpu"),  # a smoke run on a laptop
 }
 RUNTIME_SETTINGS = ("DEVICE", "NUM_WORKERS", "SHOW_PANELS", "RESUME")  # may differ when resuming
+RESUMABLE_KEYS = ("step", "optimizer_state", "scheduler_state", "scaler_state", "rng_state", "history", "best_dice")
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -101,6 +102,11 @@ def check_settings(config: dict) -> None:
         (config["EPOCHS"] >= 1, "EPOCHS must be at least 1"),
         (config["LEARNING_RATE"] > 0 and math.isfinite(config["LEARNING_RATE"]), "LEARNING_RATE must be > 0"),
         (config["WEIGHT_DECAY"] >= 0, "WEIGHT_DECAY must be >= 0"),
+        (
+            all(math.isfinite(config[name]) and config[name] >= 0 for name in ("BCE_WEIGHT", "DICE_WEIGHT"))
+            and config["BCE_WEIGHT"] + config["DICE_WEIGHT"] > 0,
+            "BCE_WEIGHT and DICE_WEIGHT must be finite, >= 0 and not both 0",
+        ),
         (0 < config["VAL_FRACTION"] < 1, "VAL_FRACTION must be between 0 and 1 (exclusive)"),
         (config["DEPTH"] >= 1 and config["BASE_CHANNELS"] >= 1, "DEPTH and BASE_CHANNELS must be at least 1"),
         (
@@ -119,6 +125,20 @@ def check_settings(config: dict) -> None:
     for ok, message in rules:
         if not ok:
             raise UserError(f"{message}.")
+
+
+def load_resumable(path: Path) -> dict:
+    """The training state saved in `path` by an earlier run, with a clear error when there is none to resume."""
+    if not path.is_file():
+        raise UserError(
+            f"nothing to resume: {path} does not exist (a run writes it after every epoch and when stopped);"
+            " start without --resume, or pass the --output-dir of the run to continue."
+        )
+    state = load_checkpoint(path)
+    missing = [key for key in RESUMABLE_KEYS if key not in state]
+    if missing:
+        raise UserError(f"{path} is a model checkpoint, not a resumable training state (no {', '.join(missing)}).")
+    return state
 
 
 def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
@@ -148,7 +168,7 @@ def main() -> None:
     last_path = output_dir / "last.pth"
     resumed = None
     if config["RESUME"]:
-        resumed = load_checkpoint(last_path)
+        resumed = load_resumable(last_path)
         config = {**resumed["config"], **{name: config[name] for name in RUNTIME_SETTINGS}}
         print(f"resuming from {last_path} (epoch {resumed['epoch']}, step {resumed['step']}) with its settings")
     check_settings(config)
@@ -159,12 +179,18 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     workers = config["NUM_WORKERS"] if config["NUM_WORKERS"] >= 0 else min(8, max((os.cpu_count() or 1) - 1, 0))
     output_dir.mkdir(parents=True, exist_ok=True)
-    stop = StopRequest()
+    checkpoint_path = Path(config["CHECKPOINT_PATH"])
 
     with (
         exclusive_lock(output_dir / "train.lock", str(output_dir)),
-        exclusive_lock(Path(config["CHECKPOINT_PATH"]).with_suffix(".lock"), config["CHECKPOINT_PATH"]),
+        exclusive_lock(checkpoint_path.with_suffix(".lock"), config["CHECKPOINT_PATH"]),
     ):
+        for folder, name in (
+            (output_dir, "*"),
+            (output_dir / "panels", "*"),
+            (checkpoint_path.parent, checkpoint_path.name),
+        ):
+            remove_stale_temporaries(folder, name)  # left by a run killed mid-write; never read, only tidied
         # --- data -----------------------------------------------------------------------------------------
         pairs = kvasir.prepare_kvasir_seg(config["DATA_DIR"], config["DATA_URL"])
         split = make_split([sample_id for sample_id, _, _ in pairs], config["VAL_FRACTION"], config["SEED"])
@@ -268,66 +294,73 @@ def main() -> None:
                     " Try a lower --learning-rate or --no-mixed-precision."
                 )
 
+        def save_and_exit(epoch: int, step: int, exit_status: int) -> None:
+            """Save the state at the start of `step` of `epoch`, then exit (128 + signal number, by convention)."""
+            save_resumable(epoch, step)
+            print(f"saved the state at epoch {epoch} step {step} to {last_path}; continue with --resume")
+            sys.exit(exit_status)
+
         # --- training loop ------------------------------------------------------------------------------
         total_steps = steps_per_epoch * config["EPOCHS"]
         print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters for {total_steps} steps")
-        for epoch in range(start_epoch, config["EPOCHS"] + 1):
-            model.train()
-            epoch_start = time.perf_counter()
-            sampler.set_epoch(epoch, skip=start_step * config["BATCH_SIZE"])
-            progress = tqdm(train_loader, desc=f"epoch {epoch}/{config['EPOCHS']}", leave=False, unit="batch")
-            for step, (images, masks) in enumerate(progress, start=start_step):
-                images = images.to(device, non_blocking=True, memory_format=memory_format)
-                masks = masks.to(device, non_blocking=True)
-                with autocast(device, amp_dtype):
-                    logits = model(images)
-                loss = loss_fn(logits, masks)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step_losses[step] = loss.detach()
-                if step % 10 == 0:
-                    progress.set_postfix(loss=f"{step_losses[step].item():.4f}")
-                if stop.requested:
-                    check_finite(epoch, step + 1)
-                    save_resumable(epoch, step + 1)
-                    print(f"saved the state after epoch {epoch} step {step + 1} to {last_path}; continue with --resume")
-                    sys.exit(stop.exit_status)
-            start_step = 0
-            check_finite(epoch, steps_per_epoch)
+        with StopRequest() as stop:
+            for epoch in range(start_epoch, config["EPOCHS"] + 1):
+                model.train()
+                epoch_start = time.perf_counter()
+                sampler.set_epoch(epoch, skip=start_step * config["BATCH_SIZE"])
+                progress = tqdm(train_loader, desc=f"epoch {epoch}/{config['EPOCHS']}", leave=False, unit="batch")
+                for step, (images, masks) in enumerate(progress, start=start_step):
+                    images = images.to(device, non_blocking=True, memory_format=memory_format)
+                    masks = masks.to(device, non_blocking=True)
+                    with autocast(device, amp_dtype):
+                        logits = model(images)
+                    loss = loss_fn(logits, masks)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    step_losses[step] = loss.detach()
+                    if step % 10 == 0:
+                        progress.set_postfix(loss=f"{step_losses[step].item():.4f}")
+                    if stop.requested:
+                        check_finite(epoch, step + 1)
+                        save_and_exit(epoch, step + 1, stop.exit_status)
+                start_step = 0
+                check_finite(epoch, steps_per_epoch)
 
-            val = evaluate(model, val_loader, loss_fn, device, amp_dtype)
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": step_losses.mean().item(),
-                    "val_loss": val["loss"],
-                    "val_dice": val["dice"],
-                    "val_iou": val["iou"],
-                    "learning_rate": scheduler.get_last_lr()[0],
-                    "seconds": round(time.perf_counter() - epoch_start, 2),
-                }
-            )
-            row = history[-1]
-            improved = row["val_dice"] > best_dice
-            print(
-                f"epoch {epoch:3d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}"
-                f"  val Dice {row['val_dice']:.4f}  val IoU {row['val_iou']:.4f}  ({row['seconds']:.1f} s)"
-                + ("  * best, saved" if improved else "")
-            )
-            write_history(output_dir / "history.csv", history)
-            if improved:
-                best_dice = row["val_dice"]
-                save_checkpoint(config["CHECKPOINT_PATH"], model_checkpoint(epoch, row))
+                val = evaluate(model, val_loader, loss_fn, device, amp_dtype)
+                history.append(
+                    {
+                        "epoch": epoch,
+                        "train_loss": step_losses.mean().item(),
+                        "val_loss": val["loss"],
+                        "val_dice": val["dice"],
+                        "val_iou": val["iou"],
+                        "learning_rate": scheduler.get_last_lr()[0],
+                        "seconds": round(time.perf_counter() - epoch_start, 2),
+                    }
+                )
+                row = history[-1]
+                improved = row["val_dice"] > best_dice
+                print(
+                    f"epoch {epoch:3d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}"
+                    f"  val Dice {row['val_dice']:.4f}  val IoU {row['val_iou']:.4f}  ({row['seconds']:.1f} s)"
+                    + ("  * best, saved" if improved else "")
+                )
+                write_history(output_dir / "history.csv", history)
+                if improved:
+                    best_dice = row["val_dice"]
+                    save_checkpoint(config["CHECKPOINT_PATH"], model_checkpoint(epoch, row))
 
-            if epoch % config["PANEL_EVERY"] == 0 or epoch == config["EPOCHS"]:
-                with torch.inference_mode(), autocast(device, amp_dtype):
-                    predictions = binarize(model(panel_images.to(device, memory_format=memory_format)))
-                figure = panel_figure(panel_images, panel_masks, predictions, f"epoch {epoch}: validation images")
-                save_figure(figure, output_dir / "panels" / f"epoch_{epoch:03d}.png", config["SHOW_PANELS"])
-            save_resumable(epoch + 1, 0)
+                if epoch % config["PANEL_EVERY"] == 0 or epoch == config["EPOCHS"]:
+                    with torch.inference_mode(), autocast(device, amp_dtype):
+                        predictions = binarize(model(panel_images.to(device, memory_format=memory_format)))
+                    figure = panel_figure(panel_images, panel_masks, predictions, f"epoch {epoch}: validation images")
+                    save_figure(figure, output_dir / "panels" / f"epoch_{epoch:03d}.png", config["SHOW_PANELS"])
+                if stop.requested and epoch < config["EPOCHS"]:
+                    save_and_exit(epoch + 1, 0, stop.exit_status)
+                save_resumable(epoch + 1, 0)
 
         print(f"best validation Dice {best_dice:.4f}; model saved to {config['CHECKPOINT_PATH']}")
 

@@ -24,7 +24,13 @@ def test_extracts_all_entries(tmp_path, kvasir_zip):
 
 @pytest.mark.parametrize(
     ("name", "message"),
-    [("../escape.txt", "escapes its folder"), ("a/../../escape.txt", "escapes its folder"), ("/etc/x", "absolute")],
+    [
+        ("../escape.txt", "escapes its folder"),
+        ("a/../../escape.txt", "escapes its folder"),
+        ("..\\escape.txt", "escapes its folder"),  # a Windows separator
+        ("/etc/x", "absolute"),
+        ("C:/Windows/x", "absolute"),
+    ],
 )
 def test_escaping_entries_are_refused(tmp_path, name, message):
     archive = make_zip(tmp_path / "bad.zip", [("ok.txt", b"fine"), (name, b"evil")])

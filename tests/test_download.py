@@ -1,6 +1,8 @@
 """Downloads through a local HTTP server: success, and failures that leave nothing a later run would trust."""
 
+import re
 import shutil
+import socket
 
 import pytest
 
@@ -48,7 +50,22 @@ def test_html_instead_of_zip_is_refused(http_server, tmp_path):
     assert len(seen) == 1
 
 
-def test_no_server_listening(tmp_path):
-    with pytest.raises(DownloadError, match="could not connect"):
-        download_file("http://127.0.0.1:9/kvasir-seg.zip", tmp_path / "kvasir-seg.zip", retries=2, timeout=2)
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:9/kvasir-seg.zip", "could not connect (no network?)"),  # nothing listening
+        ("http://datasets.example.invalid/kvasir-seg.zip", "host name could not be resolved (no network?)"),
+    ],
+)
+def test_unreachable_host_fails_at_once(tmp_path, monkeypatch, url, message):
+    def no_dns(host, *args, **kwargs):
+        if host.endswith(".invalid"):  # what a resolver answers without network, without asking one
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    real_getaddrinfo = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(download.time, "sleep", lambda seconds: pytest.fail("an unreachable host was retried"))
+    with pytest.raises(DownloadError, match=re.escape(message)):
+        download_file(url, tmp_path / "kvasir-seg.zip", retries=3, timeout=2)
     assert list(tmp_path.iterdir()) == []

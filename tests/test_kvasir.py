@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from dataset import kvasir
+from dataset import download, kvasir
 from dataset.archive import ArchiveError
 from dataset.download import DownloadError
 from dataset.kvasir import DatasetError, pair_images_and_masks, prepare_kvasir_seg
@@ -35,15 +35,25 @@ def test_downloads_then_extracts(tmp_path, kvasir_zip, http_server):
     assert seen == ["/kvasir-seg.zip"]  # the second call uses what is on disk
 
 
-def test_failed_download_says_where_to_put_the_zip(tmp_path, monkeypatch):
-    monkeypatch.setattr(kvasir, "download_file", _failing_download)
-    with pytest.raises(Exception, match=r"save it as .*kvasir-seg.zip"):
-        prepare_kvasir_seg(tmp_path, url="http://127.0.0.1:9/kvasir-seg.zip")
-    assert not (tmp_path / "Kvasir-SEG").exists()
-
-
-def _failing_download(url, destination, validate=None):
-    raise DownloadError(f"could not download {url}: could not connect (no network?).")
+@pytest.mark.parametrize(
+    ("route", "reason"),
+    [
+        ("/missing.zip", "the server answered HTTP 404"),
+        ("/server-error", "the server answered HTTP 500"),
+        ("/drops-mid-file", "the connection broke off before the whole file arrived"),
+        ("/html-page.zip", "sent is an HTML page, not the Kvasir-SEG zip"),
+    ],
+)
+def test_failed_download_says_what_happened_and_where_to_put_the_zip(tmp_path, http_server, monkeypatch, route, reason):
+    _, url, _ = http_server
+    monkeypatch.setattr(download.time, "sleep", lambda seconds: None)
+    with pytest.raises(DownloadError) as error:
+        prepare_kvasir_seg(tmp_path / "data", url=url + route)
+    message = str(error.value)
+    assert f"could not download {url + route}: " in message or f"what {url + route} sent" in message
+    assert reason in message and "\n" not in message
+    assert message.endswith(f"save it as {tmp_path / 'data' / 'kvasir-seg.zip'}, then run again.")
+    assert list((tmp_path / "data").iterdir()) == []  # no zip, no .part, no half dataset for a later run to trust
 
 
 def test_interrupted_extraction_leaves_no_dataset(tmp_path, kvasir_zip, monkeypatch):

@@ -47,11 +47,24 @@ def test_checkpoint_errors_are_clear(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pth")
     with pytest.raises(UserError, match="not a checkpoint of this repository"):
         load_checkpoint(tmp_path / "foreign.pth")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"base_channels": 8},
+            r"55 tensor\(s\) of another shape, a different width \(e.g. inc.0.weight is \[4,",
+        ),
+        ({"depth": 3}, r"26 tensor\(s\) missing and 0 unexpected, a different depth or architecture"),
+        ({"depth": 1}, r"0 tensor\(s\) missing and 26 unexpected, a different depth or architecture"),
+    ],
+)
+def test_checkpoint_of_another_architecture_says_which(tmp_path, change, message):
     small = UNet(3, 1, base_channels=4, depth=2)
-    state = {"model_state": small.state_dict(), "model_config": {**small.config, "base_channels": 8}}
-    torch.save(state, tmp_path / "wrong_width.pth")
-    with pytest.raises(UserError, match="different architecture or width"):
-        load_model(tmp_path / "wrong_width.pth")
+    torch.save({"model_state": small.state_dict(), "model_config": {**small.config, **change}}, tmp_path / "x.pth")
+    with pytest.raises(UserError, match=f"x.pth's weights do not fit UNet.*{message}"):
+        load_model(tmp_path / "x.pth")
 
 
 def test_checkpoints_load_without_unpickling_objects(tmp_path):

@@ -1,35 +1,13 @@
 """`python scripts/train.py` end to end on synthetic data, as a user runs it: in a subprocess."""
 
-import csv
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--image-size", "32", "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--num-workers", "0"]
-
-
-def train(tmp_path, *flags, name="run", check=True):
-    """Run the training script on the synthetic data in tmp_path/data; return the completed process."""
-    command = [
-        sys.executable, str(REPO / "scripts" / "train.py"), "--data-dir", str(tmp_path / "data"),
-        "--output-dir", str(tmp_path / name), "--checkpoint-path", str(tmp_path / name / "best.pth"),
-        "--device", "cpu", "--no-show-panels", *TINY, *flags,
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def read_history(path):
-    with open(path) as file:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(file)]
+from tests.train_runs import REPO, TINY, error_line, read_history, train, train_in_process
 
 
 @pytest.fixture
@@ -103,6 +81,35 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, flags, message):
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()  # nothing was downloaded or written
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--learning-rate", "0"], "LEARNING_RATE must be > 0"),
+        (["--learning-rate", "nan"], "LEARNING_RATE must be > 0"),
+        (["--val-fraction", "0"], "VAL_FRACTION must be between 0 and 1"),
+        (["--val-fraction", "1"], "VAL_FRACTION must be between 0 and 1"),
+        (["--image-size", "16", "--depth", "4"], "IMAGE_SIZE must be at least 32 for a U-Net of DEPTH 4"),
+        (["--bce-weight", "inf"], "BCE_WEIGHT and DICE_WEIGHT must be finite"),
+        (["--dice-weight", "-1"], "BCE_WEIGHT and DICE_WEIGHT must be finite, >= 0"),
+        (["--device", "cuda"], "DEVICE='cuda' but no CUDA GPU is visible"),
+    ],
+)
+def test_more_bad_settings_are_refused_before_any_work(tmp_path, monkeypatch, flags, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    status, _, stderr = train_in_process(tmp_path, *flags)
+    assert status == 2 and message in error_line(stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no data, output or checkpoint folder
+
+
+def test_failed_download_exits_with_one_line_saying_where_to_put_the_zip(tmp_path):
+    result = train(tmp_path, "--data-url", "http://127.0.0.1:9/x.zip", check=False)
+    assert result.returncode == 2
+    message = error_line(result.stderr)
+    assert "could not download http://127.0.0.1:9/x.zip: could not connect (no network?)" in message
+    assert f"save it as {tmp_path / 'data' / 'kvasir-seg.zip'}, then run again" in message
+    assert list((tmp_path / "data").iterdir()) == []  # nothing a later run could take for the dataset
 
 
 def test_preset_applies_before_flags(kvasir_dir, tmp_path):

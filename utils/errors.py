@@ -3,13 +3,25 @@
 import os
 import sys
 
+INTERRUPTED_STATUS = 130  # the shell convention for a process stopped by Ctrl-C (128 + SIGINT)
+
 
 class UserError(Exception):
     """A problem the user can fix (bad setting, missing file, no network): shown as one clear message."""
 
 
+def user_message(error: UserError) -> str:
+    """The error's own message, also when a DataLoader worker re-raised it wrapped in its traceback text."""
+    text = str(error)
+    prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
+    if "Original Traceback" in text:
+        last_line = text.rstrip().splitlines()[-1]
+        return last_line.removeprefix(prefix)
+    return text
+
+
 def run_main(main) -> None:
-    """Run a script's `main()`, turning a UserError into `error: ...` and exit status 2.
+    """Run a script's `main()`: a UserError becomes `error: ...` and exit status 2, Ctrl-C exit status 130.
 
     Set UNET_DEBUG=1 to see the full traceback instead.
     """
@@ -18,5 +30,10 @@ def run_main(main) -> None:
     except UserError as error:
         if os.environ.get("UNET_DEBUG"):
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_message(error)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if os.environ.get("UNET_DEBUG"):
+            raise
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED_STATUS)

@@ -24,6 +24,17 @@ def atomic_path(path):
             os.unlink(temporary)
 
 
+def remove_stale_temporaries(folder, name: str = "*") -> list[Path]:
+    """Delete the temporary files that `atomic_path(folder / name)` left when its process was killed.
+
+    Call only while holding the lock that guards those files, so no live writer's temporary file is removed.
+    """
+    stale = sorted(Path(folder).glob(f".{name}.*.tmp"))
+    for temporary in stale:
+        temporary.unlink(missing_ok=True)
+    return stale
+
+
 def write_text_atomic(path, text: str) -> None:
     """Replace `path` with `text` in one step."""
     with atomic_path(path) as temporary:

@@ -2,19 +2,31 @@
 
 import signal
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 class StopRequest:
-    """Installs handlers that record the first SIGINT/SIGTERM instead of raising mid-step."""
+    """While active (`with StopRequest() as stop:`), the first SIGINT/SIGTERM sets `stop.requested` instead
+    of raising mid-step; a second one raises KeyboardInterrupt at once. The previous handlers come back on exit.
+    """
 
     def __init__(self):
         self.signal_name = None
-        for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, self._record)
+        self.previous_handlers = {}
+
+    def __enter__(self):
+        self.previous_handlers = {number: signal.signal(number, self._record) for number in SIGNALS}
+        return self
+
+    def __exit__(self, *_exception):
+        for number, handler in self.previous_handlers.items():
+            signal.signal(number, handler)
 
     def _record(self, number, _frame) -> None:
-        if self.signal_name is None:
-            print(f"\n{signal.Signals(number).name} received: finishing this step, then saving to resume later")
+        if self.signal_name is not None:
+            raise KeyboardInterrupt
         self.signal_name = signal.Signals(number).name
+        print(f"\n{self.signal_name} received: saving after this step to resume later (again to stop at once)")
 
     @property
     def requested(self) -> bool:
@@ -22,5 +34,5 @@ class StopRequest:
 
     @property
     def exit_status(self) -> int:
-        """The shell convention 128 + signal number."""
+        """The shell convention 128 + signal number: 130 for SIGINT, 143 for SIGTERM."""
         return 128 + signal.Signals[self.signal_name].value

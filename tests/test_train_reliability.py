@@ -1,0 +1,158 @@
+"""train.py under stress: bad files, bad resumes, a held lock, a diverging loss, and Ctrl-C / SIGTERM / kill -9
+in the middle of a run, after which `--resume` must end exactly where an uninterrupted run ends."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.synthetic import make_kvasir_folder
+from tests.train_runs import REPO, command_line, error_line, read_history, train_in_process
+from utils.files import exclusive_lock
+from utils.interrupt import StopRequest
+
+EPOCHS = ["--epochs", "10", "--panel-every", "100"]  # long enough that a signal after epoch 1 lands mid-run
+EPOCH_LINE = re.compile(r"^epoch +\d+  train loss")
+
+
+@pytest.mark.parametrize("loading", [["--cache"], ["--no-cache", "--num-workers", "1"]], ids=["cache", "worker"])
+def test_empty_image_stops_the_run_with_one_line(kvasir_dir, tmp_path, loading):
+    (kvasir_dir / "Kvasir-SEG" / "images" / "sample_003.jpg").write_bytes(b"")
+    status, _, stderr = train_in_process(tmp_path, "--epochs", "1", *loading)
+    assert status == 2
+    assert error_line(stderr).endswith("sample_003.jpg is empty (0 bytes); replace or remove it and its pair.")
+
+
+@pytest.mark.parametrize(
+    ("last_pth", "message"),
+    [
+        (None, "nothing to resume: {last} does not exist"),
+        (b"not a checkpoint", "{last} is not a readable checkpoint of this repository"),
+        ({"model_state": {}, "model_config": {}}, "{last} is a model checkpoint, not a resumable training state"),
+    ],
+    ids=["missing", "corrupt", "model-only"],
+)
+def test_resume_without_a_usable_state_is_refused(tmp_path, last_pth, message):
+    last = tmp_path / "run" / "last.pth"
+    last.parent.mkdir()
+    if isinstance(last_pth, bytes):
+        last.write_bytes(last_pth)
+    elif last_pth is not None:
+        torch.save(last_pth, last)
+    status, _, stderr = train_in_process(tmp_path, "--resume")
+    assert status == 2 and message.format(last=last) in error_line(stderr)
+
+
+@pytest.mark.parametrize(("lock", "guarded"), [("train.lock", ""), ("best.lock", "best.pth")])
+def test_a_second_run_on_the_same_files_is_refused(kvasir_dir, tmp_path, lock, guarded):
+    with exclusive_lock(tmp_path / "run" / lock, "the test's files"):
+        status, _, stderr = train_in_process(tmp_path, "--epochs", "1")
+    assert status == 2
+    assert f"another run (pid {os.getpid()}) is writing {tmp_path / 'run' / guarded}" in error_line(stderr)
+    assert not list((tmp_path / "run").glob("*.[pc][ts][hv]"))  # no history.csv, last.pth or best.pth
+
+
+def test_non_finite_loss_stops_and_keeps_the_best_checkpoint(kvasir_dir, tmp_path):
+    assert train_in_process(tmp_path, "--epochs", "1")[0] == 0
+    run = tmp_path / "run"
+    best_before, history_before = (run / "best.pth").read_bytes(), (run / "history.csv").read_text()
+    state = torch.load(run / "last.pth", weights_only=True)
+    state["config"]["EPOCHS"] = 2  # continue for one more epoch, with a weight that makes every loss NaN
+    state["model_state"]["inc.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, run / "last.pth")
+    status, _, stderr = train_in_process(tmp_path, "--resume")
+    assert status == 2
+    assert "the training loss became non-finite at epoch 2, step 1; nothing from this epoch was saved" in error_line(
+        stderr
+    )
+    assert (run / "best.pth").read_bytes() == best_before and (run / "history.csv").read_text() == history_before
+
+
+def test_a_second_signal_stops_at_once_and_handlers_come_back():
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.exit_status == 143
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def start(tmp_path, *flags):
+    """Start train.py in its own process group, with unbuffered stdout piped and stderr in a file."""
+    stderr = open(tmp_path / f"stderr-{len(list(tmp_path.glob('stderr-*')))}.txt", "w+")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "train.py"), *command_line(tmp_path, *flags)],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"},
+    )  # fmt: skip
+    return process, stderr
+
+
+def interrupt_after_first_epoch(process, send) -> tuple[int, str]:
+    """Wait for the first epoch line, call `send(pid)`, and return (exit status, all stdout)."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if EPOCH_LINE.match(line):
+            send(process.pid)
+            break
+    rest, _ = process.communicate(timeout=120)
+    return process.returncode, "".join(lines) + rest
+
+
+@pytest.fixture(scope="module")
+def interrupted_runs(tmp_path_factory):
+    """An uninterrupted run, and the same run stopped by Ctrl-C, SIGTERM and kill -9 and resumed each time."""
+    tmp_path = tmp_path_factory.mktemp("interrupts")
+    make_kvasir_folder(tmp_path / "data")
+    reference = train_in_process(tmp_path, *EPOCHS, name="reference")
+    assert reference[0] == 0, reference[2][-2000:]
+    results = {}
+    control_c = lambda pid: os.killpg(pid, signal.SIGINT)  # noqa: E731  the terminal signals the whole group
+    sigterm = lambda pid: os.kill(pid, signal.SIGTERM)  # noqa: E731
+    kill_9 = lambda pid: os.kill(pid, signal.SIGKILL)  # noqa: E731
+    for name, send, flags in [
+        ("SIGINT", control_c, [*EPOCHS, "--num-workers", "1"]),
+        ("SIGTERM", sigterm, ["--resume"]),
+        ("SIGKILL", kill_9, ["--resume", "--num-workers", "1"]),
+    ]:
+        process, stderr = start(tmp_path, *flags)
+        status, stdout = interrupt_after_first_epoch(process, send)
+        stderr.seek(0)
+        results[name] = (status, stdout, stderr.read())
+        if name == "SIGKILL":
+            (tmp_path / "run" / ".last.pth.killed.tmp").write_bytes(b"half a file")  # as if killed mid-write
+    results["final"] = train_in_process(tmp_path, "--resume")
+    return tmp_path, results
+
+
+@pytest.mark.parametrize(("name", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_saves_a_resumable_state_and_exits_cleanly(interrupted_runs, name, status):
+    _, results = interrupted_runs
+    exit_status, stdout, stderr = results[name]
+    assert exit_status == status, stderr[-2000:]
+    assert f"{name} received: saving after this step" in stdout
+    assert re.search(r"saved the state at epoch \d+ step \d+ to .*last.pth; continue with --resume", stdout)
+    assert "Traceback" not in stderr
+
+
+def test_kill_9_leaves_loadable_checkpoints(interrupted_runs):
+    tmp_path, results = interrupted_runs
+    assert results["SIGKILL"][0] == -signal.SIGKILL
+    for path in (tmp_path / "run" / "best.pth", tmp_path / "run" / "last.pth"):
+        assert "model_state" in torch.load(path, weights_only=True)
+    assert not list((tmp_path / "run").glob(".*.tmp"))  # the next run tidied the stale temporary file away
+
+
+def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(interrupted_runs):
+    tmp_path, results = interrupted_runs
+    assert results["final"][0] == 0, results["final"][2][-2000:]
+    assert read_history(tmp_path / "run" / "history.csv") == read_history(tmp_path / "reference" / "history.csv")
+    for name in ("last.pth", "best.pth"):
+        resumed = torch.load(tmp_path / "run" / name, weights_only=True)["model_state"]
+        reference = torch.load(tmp_path / "reference" / name, weights_only=True)["model_state"]
+        assert all(torch.equal(resumed[key], reference[key]) for key in reference)

@@ -1,0 +1,71 @@
+"""Run `scripts/train.py` on tiny settings: as a subprocess (as a user does) or in this process (no start-up cost)."""
+
+import contextlib
+import csv
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from utils.errors import run_main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--image-size", "32", "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--num-workers", "0"]
+_spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train.py")
+train_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_script)
+
+
+def command_line(tmp_path, *flags, name="run") -> list[str]:
+    """Flags for a CPU run on the synthetic data in tmp_path/data, writing into tmp_path/name."""
+    return [
+        "--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / name),
+        "--checkpoint-path", str(tmp_path / name / "best.pth"), "--device", "cpu", "--no-show-panels", *TINY, *flags,
+    ]  # fmt: skip
+
+
+def train(tmp_path, *flags, name="run", check=True):
+    """Run the training script in a subprocess; return the completed process."""
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), *command_line(tmp_path, *flags, name=name)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def train_in_process(tmp_path, *flags, name="run") -> tuple[int, str, str]:
+    """Run the script's `main` through `run_main` here; return (exit status, stdout, stderr)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = ["train.py", *command_line(tmp_path, *flags, name=name)]
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), _patched_argv(argv):
+        try:
+            run_main(train_script.main)
+            status = 0
+        except SystemExit as exit_:
+            status = exit_.code
+    return status, stdout.getvalue(), stderr.getvalue()
+
+
+@contextlib.contextmanager
+def _patched_argv(argv):
+    saved, sys.argv = sys.argv, argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def error_line(stderr: str) -> str:
+    """The one `error: ...` line a failed run ends with, after checking there is no traceback."""
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), stderr[-2000:]
+    return last
+
+
+def read_history(path):
+    """history.csv rows without the wall-clock `seconds` column."""
+    with open(path) as file:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(file)]
