@@ -63,6 +63,7 @@ SEED = 42  # seeds the split, initialisation, shuffling and augmentation
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 with loss scaling on GPUs without bf16); ignored on CPU
 COMPILE = False  # torch.compile the training forward pass; off until scripts/benchmark.py --compile shows a gain
+THREADS = 0  # PyTorch CPU threads; 0 keeps PyTorch's default (one per core). 1 is far faster on busy shared CPUs
 PANEL_EVERY = 5  # save (and show, where a window can open) input/truth/prediction panels every N epochs
 PANEL_IMAGES = 4  # how many fixed validation images the panels show
 SHOW_PANELS = True  # also open the panels in a window when matplotlib has an interactive backend
@@ -86,7 +87,7 @@ PRESETS = {
     ),
     "cpu-quick": dict(IMAGE_SIZE=128, BASE_CHANNELS=16, EPOCHS=5, DEVICE="cpu"),  # a smoke run on a laptop
 }
-RUNTIME_SETTINGS = ("DEVICE", "NUM_WORKERS", "COMPILE", "SHOW_PANELS", "RESUME")  # may differ when resuming
+RUNTIME_SETTINGS = ("DEVICE", "NUM_WORKERS", "COMPILE", "THREADS", "SHOW_PANELS", "RESUME")  # may differ when resuming
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -116,6 +117,7 @@ def check_settings(config: dict) -> None:
         (config["SCHEDULE"] in ("constant", "cosine"), "SCHEDULE must be constant or cosine"),
         (0 <= config["WARMUP_EPOCHS"] < config["EPOCHS"], "WARMUP_EPOCHS must be >= 0 and below EPOCHS"),
         (config["PANEL_EVERY"] >= 1 and config["PANEL_IMAGES"] >= 1, "PANEL_EVERY and PANEL_IMAGES must be >= 1"),
+        (config["THREADS"] >= 0, "THREADS must be >= 0 (0 keeps PyTorch's default)"),
     ]
     for ok, message in rules:
         if not ok:
@@ -157,6 +159,8 @@ def main() -> None:
     amp_dtype = autocast_dtype(device) if config["MIXED_PRECISION"] else None
     print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)}, autocast {amp_dtype})" if amp_dtype else ""))
     memory_format = configure_fast_path(device)
+    if config["THREADS"]:
+        torch.set_num_threads(config["THREADS"])
     output_dir.mkdir(parents=True, exist_ok=True)
     stop = StopRequest()
 
