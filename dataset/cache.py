@@ -30,12 +30,23 @@ def cache_key(pairs: list[tuple[str, Path, Path]], size: int) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def cached_arrays(pairs, size: int, cache_dir) -> tuple[np.ndarray, np.ndarray]:
-    """Images [N, size, size, 3] and {0,1} masks [N, size, size] as read-only memory maps, building them once."""
+def cache_folder(pairs, size: int, cache_dir) -> Path:
+    """The folder holding the cached arrays of `pairs` at `size`, building it on a miss."""
     folder = Path(cache_dir) / f"{size}px-{cache_key(pairs, size)}"
     if not (folder / "masks.npy").exists():
         _build(pairs, size, folder)
-    return np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "masks.npy", mmap_mode="r")
+    return folder
+
+
+def open_cache(folder) -> tuple[np.ndarray, np.ndarray]:
+    """Images [N, size, size, 3] and {0,1} masks [N, size, size] as read-only memory maps: processes that
+    open the same folder share one copy in the page cache instead of each holding its own."""
+    return np.load(Path(folder) / "images.npy", mmap_mode="r"), np.load(Path(folder) / "masks.npy", mmap_mode="r")
+
+
+def cached_arrays(pairs, size: int, cache_dir) -> tuple[np.ndarray, np.ndarray]:
+    """The memory-mapped cached arrays of `pairs` at `size`, building them once."""
+    return open_cache(cache_folder(pairs, size, cache_dir))
 
 
 def _build(pairs, size: int, folder: Path) -> None:

@@ -1,13 +1,16 @@
 """The PyTorch dataset over (image, mask) pairs and the seeded sampler that makes augmentation reproducible."""
 
+import os
 import signal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from dataset.cache import cached_arrays
+from dataset.cache import cache_folder, open_cache
 from dataset.images import load_pair
+
+PREFETCH_BATCHES = 4  # per worker; twice the PyTorch default, to ride out slow samples
 
 
 class PolypDataset(Dataset):
@@ -23,14 +26,21 @@ class PolypDataset(Dataset):
         self.pairs = list(pairs)
         self.image_size = image_size
         self.transform = transform
-        self.arrays = cached_arrays(self.pairs, image_size, cache_dir) if cache_dir is not None else None
+        self.cache_folder = cache_folder(self.pairs, image_size, cache_dir) if cache_dir is not None else None
+        self.arrays = None  # the memory maps, opened on first use in each process
+
+    def __getstate__(self) -> dict:
+        """Pickle (for spawned DataLoader workers) without the arrays: a pickled memory map is a full copy."""
+        return {**self.__dict__, "arrays": None}
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def resized_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The resized uint8 image [H, W, 3] and {0,1} mask [H, W] before augmentation."""
-        if self.arrays is not None:
+        if self.cache_folder is not None:
+            if self.arrays is None:
+                self.arrays = open_cache(self.cache_folder)
             return self.arrays[0][index], self.arrays[1][index]
         _, image_path, mask_path = self.pairs[index]
         return load_pair(image_path, mask_path, self.image_size)
@@ -73,3 +83,17 @@ class EpochSampler(Sampler):
 def worker_init(_worker_id: int) -> None:
     """Workers ignore Ctrl-C: the main process catches it, saves, and shuts them down in order."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def worker_count(requested: int) -> int:
+    """DataLoader workers: `requested`, or for -1 one per CPU core but one (for the main process), at most 8."""
+    return requested if requested >= 0 else min(8, max((os.cpu_count() or 1) - 1, 0))
+
+
+def loader_options(workers: int, device: torch.device) -> dict:
+    """DataLoader settings that keep a GPU fed: pinned memory (so copies to the GPU are asynchronous), and
+    workers that live across epochs with PREFETCH_BATCHES batches each ready in advance."""
+    options = dict(num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init)
+    if workers > 0:
+        options.update(persistent_workers=True, prefetch_factor=PREFETCH_BATCHES)
+    return options

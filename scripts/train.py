@@ -11,7 +11,6 @@ Every UPPER_CASE constant below can be edited here or given as a flag (IMAGE_SIZ
 import csv
 import io
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from torch.utils.data import BatchSampler, DataLoader
 from tqdm import tqdm
 
 from dataset import kvasir, transforms
-from dataset.segmentation import EpochSampler, PolypDataset, worker_init
+from dataset.segmentation import EpochSampler, PolypDataset, loader_options, worker_count
 from dataset.splits import make_split
 from model import UNet, load_checkpoint, save_checkpoint
 from utils.config import parse_config
@@ -34,6 +33,7 @@ from utils.files import exclusive_lock, remove_stale_temporaries, write_text_ato
 from utils.interrupt import StopRequest
 from utils.losses import bce_dice_loss
 from utils.metrics import binarize
+from utils.training import configure_fast_path, make_optimizer, training_step
 from utils.visualization import panel_figure, save_figure
 
 # ----------------------------------------------------------------------------------------------------------
@@ -62,6 +62,8 @@ DICE_WEIGHT = 1.0
 SEED = 42  # seeds the split, initialisation, shuffling and augmentation
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 with loss scaling on GPUs without bf16); ignored on CPU
+COMPILE = False  # torch.compile the training forward pass; off until scripts/benchmark.py --compile shows a gain
+THREADS = 0  # PyTorch CPU threads; 0 keeps PyTorch's default (one per core). 1 is far faster on busy shared CPUs
 PANEL_EVERY = 5  # save (and show, where a window can open) input/truth/prediction panels every N epochs
 PANEL_IMAGES = 4  # how many fixed validation images the panels show
 SHOW_PANELS = True  # also open the panels in a window when matplotlib has an interactive backend
@@ -85,7 +87,7 @@ PRESETS = {
     ),
     "cpu-quick": dict(IMAGE_SIZE=128, BASE_CHANNELS=16, EPOCHS=5, DEVICE="cpu"),  # a smoke run on a laptop
 }
-RUNTIME_SETTINGS = ("DEVICE", "NUM_WORKERS", "SHOW_PANELS", "RESUME")  # may differ when resuming
+RUNTIME_SETTINGS = ("DEVICE", "NUM_WORKERS", "COMPILE", "THREADS", "SHOW_PANELS", "RESUME")  # may differ when resuming
 RESUMABLE_KEYS = ("step", "optimizer_state", "scheduler_state", "scaler_state", "rng_state", "history", "best_dice")
 # ----------------------------------------------------------------------------------------------------------
 
@@ -121,6 +123,7 @@ def check_settings(config: dict) -> None:
         (config["SCHEDULE"] in ("constant", "cosine"), "SCHEDULE must be constant or cosine"),
         (0 <= config["WARMUP_EPOCHS"] < config["EPOCHS"], "WARMUP_EPOCHS must be >= 0 and below EPOCHS"),
         (config["PANEL_EVERY"] >= 1 and config["PANEL_IMAGES"] >= 1, "PANEL_EVERY and PANEL_IMAGES must be >= 1"),
+        (config["THREADS"] >= 0, "THREADS must be >= 0 (0 keeps PyTorch's default)"),
     ]
     for ok, message in rules:
         if not ok:
@@ -175,9 +178,9 @@ def main() -> None:
     device = resolve_device(config["DEVICE"])
     amp_dtype = autocast_dtype(device) if config["MIXED_PRECISION"] else None
     print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)}, autocast {amp_dtype})" if amp_dtype else ""))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    workers = config["NUM_WORKERS"] if config["NUM_WORKERS"] >= 0 else min(8, max((os.cpu_count() or 1) - 1, 0))
+    memory_format = configure_fast_path(device)
+    if config["THREADS"]:
+        torch.set_num_threads(config["THREADS"])
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = Path(config["CHECKPOINT_PATH"])
 
@@ -209,27 +212,22 @@ def main() -> None:
         if len(train_set) < config["BATCH_SIZE"]:
             raise UserError(f"BATCH_SIZE {config['BATCH_SIZE']} exceeds the {len(train_set)} training images.")
         sampler = EpochSampler(len(train_set), config["SEED"])
-        loader_options = dict(
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=workers > 0,
-            worker_init_fn=worker_init,
-        )
+        options = loader_options(worker_count(config["NUM_WORKERS"]), device)
         train_loader = DataLoader(
-            train_set, batch_sampler=BatchSampler(sampler, config["BATCH_SIZE"], drop_last=True), **loader_options
+            train_set, batch_sampler=BatchSampler(sampler, config["BATCH_SIZE"], drop_last=True), **options
         )
-        val_loader = DataLoader(val_set, batch_size=2 * config["BATCH_SIZE"], **loader_options)
+        val_loader = DataLoader(val_set, batch_size=2 * config["BATCH_SIZE"], **options)
         panel_batch = [val_set[i] for i in range(min(config["PANEL_IMAGES"], len(val_set)))]
         panel_images = torch.stack([image for image, _ in panel_batch])
         panel_masks = torch.stack([mask for _, mask in panel_batch])
 
         # --- model and optimiser ------------------------------------------------------------------------
         torch.manual_seed(config["SEED"])
-        model = UNet(3, 1, config["BASE_CHANNELS"], config["DEPTH"]).to(device)
-        memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-        model = model.to(memory_format=memory_format)
-        optimizer_class = torch.optim.AdamW if config["OPTIMIZER"] == "adamw" else torch.optim.Adam
-        optimizer = optimizer_class(model.parameters(), lr=config["LEARNING_RATE"], weight_decay=config["WEIGHT_DECAY"])
+        model = UNet(3, 1, config["BASE_CHANNELS"], config["DEPTH"]).to(device, memory_format=memory_format)
+        train_model = torch.compile(model) if config["COMPILE"] else model  # shares the weights of `model`
+        optimizer = make_optimizer(
+            model.parameters(), config["OPTIMIZER"], config["LEARNING_RATE"], config["WEIGHT_DECAY"], device
+        )
         steps_per_epoch = len(train_set) // config["BATCH_SIZE"]
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
@@ -312,15 +310,8 @@ def main() -> None:
                 for step, (images, masks) in enumerate(progress, start=start_step):
                     images = images.to(device, non_blocking=True, memory_format=memory_format)
                     masks = masks.to(device, non_blocking=True)
-                    with autocast(device, amp_dtype):
-                        logits = model(images)
-                    loss = loss_fn(logits, masks)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
+                    step_losses[step] = training_step(train_model, images, masks, loss_fn, optimizer, scaler, amp_dtype)
                     scheduler.step()
-                    step_losses[step] = loss.detach()
                     if step % 10 == 0:
                         progress.set_postfix(loss=f"{step_losses[step].item():.4f}")
                     if stop.requested:

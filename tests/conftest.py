@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from tests.synthetic import make_kvasir_folder, zip_folder
+from dataset.synthetic import make_kvasir_folder, zip_folder
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")

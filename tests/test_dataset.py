@@ -1,6 +1,7 @@
 """The PyTorch dataset: item shapes and values, image readers, the resize cache and seeded augmentation."""
 
 import os
+import pickle
 
 import cv2
 import numpy as np
@@ -116,3 +117,14 @@ def test_non_binary_mask_warns(tmp_path):
     cv2.imwrite(str(tmp_path / "grey.png"), grey)
     with pytest.warns(UserWarning, match="not a binary mask"):
         read_mask(tmp_path / "grey.png")
+
+
+def test_cached_dataset_pickles_without_its_arrays(pairs, tmp_path):
+    """Spawned DataLoader workers receive the dataset pickled: it must reopen the shared memory maps, not
+    carry a private copy of every image."""
+    dataset = PolypDataset(pairs, 64, build_transform("flips"), cache_dir=tmp_path / "cache")
+    first = dataset[(2, 5)]
+    pickled = pickle.dumps(dataset)
+    assert len(pickled) < sum(array.nbytes for array in dataset.arrays) / 10
+    for original, restored in zip(first, pickle.loads(pickled)[(2, 5)], strict=True):
+        assert torch.equal(original, restored)

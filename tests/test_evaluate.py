@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from dataset.kvasir import pair_images_and_masks
+from dataset.synthetic import save_untrained_checkpoint
 from tests.scripts import load_script, run_script
-from tests.synthetic import save_untrained_checkpoint
 from utils.errors import UserError
 from utils.evaluation import score_pairs, summarize
 from utils.inference import Predictor

@@ -8,7 +8,7 @@ from dataset import download, kvasir
 from dataset.archive import ArchiveError
 from dataset.download import DownloadError
 from dataset.kvasir import DatasetError, pair_images_and_masks, prepare_kvasir_seg
-from tests.synthetic import make_kvasir_folder, zip_folder
+from dataset.synthetic import make_kvasir_folder, zip_folder
 
 
 def test_uses_an_extracted_folder(kvasir_dir):

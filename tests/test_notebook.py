@@ -3,8 +3,8 @@
 import nbformat
 from nbclient import NotebookClient
 
+from dataset.synthetic import save_untrained_checkpoint
 from tests.scripts import REPO
-from tests.synthetic import save_untrained_checkpoint
 
 NOTEBOOK = REPO / "notebooks" / "explore_predictions.ipynb"
 

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
+from dataset.synthetic import save_untrained_checkpoint
 from tests.scripts import load_script, run_script
-from tests.synthetic import save_untrained_checkpoint
 from utils.errors import UserError
 
 INPUTS = {  # name: (file name, channels, height, width)

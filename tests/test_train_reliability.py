@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tests.synthetic import make_kvasir_folder
+from dataset.synthetic import make_kvasir_folder
 from tests.train_runs import REPO, command_line, error_line, read_history, train_in_process
 from utils.files import exclusive_lock
 from utils.interrupt import StopRequest

@@ -74,6 +74,7 @@ def test_same_settings_give_the_same_history(trained):
         (["--val-fraction", "1.5"], "VAL_FRACTION must be between 0 and 1"),
         (["--image-size", "4"], "IMAGE_SIZE must be at least 8"),
         (["--augmentation", "wild"], "AUGMENTATION must be one of"),
+        (["--threads", "-1"], "THREADS must be >= 0"),
     ],
 )
 def test_bad_settings_are_refused_before_any_work(tmp_path, flags, message):

@@ -1,5 +1,6 @@
-"""Small synthetic stand-ins for Kvasir-SEG: coloured ellipses ("polyps") on textured backgrounds, saved as
-JPEG images and JPEG masks in the Kvasir-SEG folder layout, optionally zipped like the published archive."""
+"""Synthetic stand-ins for Kvasir-SEG: coloured ellipses ("polyps") on textured backgrounds, saved as JPEG
+images and JPEG masks in the Kvasir-SEG folder layout, optionally zipped like the published archive.
+Used by the tests (tiny images) and by scripts/benchmark.py (Kvasir-sized images) when the real data is absent."""
 
 import zipfile
 from pathlib import Path
@@ -7,7 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-SIZES = ((48, 40), (56, 44), (40, 40))  # (width, height): several sizes, like the real data
+TINY_SIZES = ((48, 40), (56, 44), (40, 40))  # (width, height): several sizes, like the real data
+KVASIR_SIZES = ((622, 529), (576, 512), (720, 576))  # typical sizes of the real images, for timing
 
 
 def make_sample(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -24,14 +26,15 @@ def make_sample(rng: np.random.Generator, width: int, height: int) -> tuple[np.n
     return image, mask
 
 
-def make_kvasir_folder(data_dir, count: int = 16, seed: int = 0) -> Path:
-    """Write `count` pairs to data_dir/Kvasir-SEG/{images,masks}/sample_NNN.jpg; return the Kvasir-SEG folder."""
+def make_kvasir_folder(data_dir, count: int = 16, seed: int = 0, sizes=TINY_SIZES) -> Path:
+    """Write `count` pairs to data_dir/Kvasir-SEG/{images,masks}/sample_NNN.jpg, cycling through the
+    (width, height) `sizes`; return the Kvasir-SEG folder."""
     root = Path(data_dir) / "Kvasir-SEG"
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for index in range(count):
-        width, height = SIZES[index % len(SIZES)]
+        width, height = sizes[index % len(sizes)]
         image, mask = make_sample(rng, width, height)
         cv2.imwrite(str(root / "images" / f"sample_{index:03d}.jpg"), image)
         cv2.imwrite(str(root / "masks" / f"sample_{index:03d}.jpg"), cv2.cvtColor(mask, cv2.COLOR_GRAY2BGR))

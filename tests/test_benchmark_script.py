@@ -1,0 +1,44 @@
+"""`python scripts/benchmark.py` on tiny synthetic settings, in a subprocess: it reports every measurement
+(never a timing assertion: speed is measured by the script, not by tests)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--device", "cpu", "--image-size", "32", "--base-channels", "4", "--depth", "2", "--batch-size", "4",
+    "--inference-batch-size", "4", "--warmup-steps", "1", "--steps", "2", "--pipeline-batches", "2",
+    "--num-workers", "1",
+]  # fmt: skip
+NUMBER = r"\d+(\.\d+)?"
+
+
+def benchmark(*flags):
+    command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), *TINY, *flags]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+
+
+def test_benchmark_reports_fast_and_reference_loops(tmp_path):
+    result = benchmark("--synthetic", "10", "--json", str(tmp_path / "results.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for section, name in [("training", "fast"), ("training", "data on device"), ("training", "reference"),
+                          ("inference", "fast"), ("inference", "reference")]:  # fmt: skip
+        assert re.search(rf"^{section}\s+{name}\s+{NUMBER} images/s\s+{NUMBER} TFLOP/s$", result.stdout, re.M), name
+    for section in ("training", "inference", "pipeline"):
+        assert re.search(rf"^{section}\s+speed-up\s+{NUMBER}x$", result.stdout, re.M), section
+    assert re.search(rf"^pipeline\s+reference\s+{NUMBER} samples/s$", result.stdout, re.M)
+    assert "device: cpu" in result.stdout and "10 synthetic Kvasir-sized images" in result.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["training"]["fast"]["images_per_s"] > 0 and results["pipeline"]["fast_samples_per_s"] > 0
+    assert results["flops_per_image"]["training"] > 2 * results["flops_per_image"]["inference"] > 0
+    assert results["settings"]["BASE_CHANNELS"] == 4 and results["settings"]["COMPILE"] is False
+
+
+def test_benchmark_without_data_says_how_to_get_some(tmp_path):
+    result = benchmark("--data-dir", str(tmp_path / "empty"))
+    assert result.returncode == 2
+    assert "--synthetic N" in result.stderr and "Traceback" not in result.stderr
