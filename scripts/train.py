@@ -25,7 +25,7 @@ from dataset import kvasir, transforms
 from dataset.segmentation import EpochSampler, PolypDataset, loader_options, worker_count
 from dataset.splits import make_split
 from model import UNet, load_checkpoint, save_checkpoint
-from utils.config import parse_config
+from utils.config import parse_config, script_constants
 from utils.device import autocast, autocast_dtype, resolve_device
 from utils.errors import UserError, run_main
 from utils.evaluation import evaluate
@@ -90,11 +90,6 @@ PRESETS = {
 RUNTIME_SETTINGS = ("DEVICE", "NUM_WORKERS", "COMPILE", "THREADS", "SHOW_PANELS", "RESUME")  # may differ when resuming
 RESUMABLE_KEYS = ("step", "optimizer_state", "scheduler_state", "scaler_state", "rng_state", "history", "best_dice")
 # ----------------------------------------------------------------------------------------------------------
-
-
-def is_setting(value) -> bool:
-    """Settings are the plain-valued UPPER_CASE constants above (PRESETS and RUNTIME_SETTINGS are not)."""
-    return isinstance(value, (bool, int, float, str))
 
 
 def check_settings(config: dict) -> None:
@@ -165,7 +160,7 @@ def write_history(path: Path, history: list[dict]) -> None:
 
 def main() -> None:
     # --- settings ---------------------------------------------------------------------------------------
-    defaults = {name: value for name, value in globals().items() if name.isupper() and is_setting(value)}
+    defaults = script_constants(globals())  # PRESETS, RUNTIME_SETTINGS and RESUMABLE_KEYS are not settings
     config = parse_config(defaults, description=__doc__, presets=PRESETS)
     output_dir = Path(config["OUTPUT_DIR"])
     last_path = output_dir / "last.pth"
