@@ -1,6 +1,6 @@
 """Train a U-Net on Kvasir-SEG: get the data, train with BCE+Dice, validate every epoch, keep the best model.
 
-    python scripts/train.py                          # the defaults below
+    python scripts/train.py                          # the defaults below (AdamW 1e-3, cosine, strong augmentation)
     python scripts/train.py --epochs 3 --image-size 128 --device cpu
     python scripts/train.py --preset seed            # the original recipe (lr 1e-5, batch 8, 100 epochs)
     python scripts/train.py --resume                 # continue an interrupted run from OUTPUT_DIR/last.pth
@@ -42,20 +42,20 @@ DATA_DIR = "data"  # holds Kvasir-SEG/ or kvasir-seg.zip; the zip is downloaded 
 DATA_URL = kvasir.KVASIR_SEG_URL  # where to download the zip from
 IMAGE_SIZE = 256  # images and masks are resized to IMAGE_SIZE x IMAGE_SIZE
 VAL_FRACTION = 0.1  # share of the 880 official training images held out for validation
-AUGMENTATION = "flips"  # none | flips | strong (see dataset/transforms.py)
+AUGMENTATION = "strong"  # none | flips | strong (see dataset/transforms.py)
 CACHE = True  # decode and resize each image once into DATA_DIR/cache (memory-mapped afterwards)
 NUM_WORKERS = -1  # DataLoader worker processes; -1 picks min(8, CPU count - 1)
 # Model
 BASE_CHANNELS = 64  # width of the first U-Net level; doubles at each of DEPTH levels
 DEPTH = 4  # number of down-sampling steps
-# Optimisation
+# Optimisation (the best recipe measured, see README "Results"; `--preset seed` restores the original one)
 EPOCHS = 100
-BATCH_SIZE = 8
-LEARNING_RATE = 1e-5  # peak learning rate
-OPTIMIZER = "adam"  # adam | adamw
-WEIGHT_DECAY = 0.0
-SCHEDULE = "constant"  # constant | cosine (per step, after warm-up)
-WARMUP_EPOCHS = 0  # linear warm-up from 0 to LEARNING_RATE over this many epochs
+BATCH_SIZE = 16
+LEARNING_RATE = 1e-3  # peak learning rate
+OPTIMIZER = "adamw"  # adam | adamw
+WEIGHT_DECAY = 1e-4
+SCHEDULE = "cosine"  # constant | cosine (per step, after warm-up)
+WARMUP_EPOCHS = 3  # linear warm-up from 0 to LEARNING_RATE over this many epochs (all of a shorter run)
 BCE_WEIGHT = 1.0  # loss = BCE_WEIGHT * BCE + DICE_WEIGHT * (1 - soft Dice)
 DICE_WEIGHT = 1.0
 # Run
@@ -85,7 +85,7 @@ PRESETS = {
         AUGMENTATION="flips",
         BASE_CHANNELS=64,
     ),
-    "cpu-quick": dict(IMAGE_SIZE=128, BASE_CHANNELS=16, EPOCHS=5, DEVICE="cpu"),  # a smoke run on a laptop
+    "cpu-quick": dict(IMAGE_SIZE=128, BASE_CHANNELS=16, EPOCHS=5, WARMUP_EPOCHS=1, DEVICE="cpu"),  # a laptop smoke run
 }
 RUNTIME_SETTINGS = ("DEVICE", "NUM_WORKERS", "COMPILE", "THREADS", "SHOW_PANELS", "RESUME")  # may differ when resuming
 RESUMABLE_KEYS = ("step", "optimizer_state", "scheduler_state", "scaler_state", "rng_state", "history", "best_dice")
@@ -116,7 +116,7 @@ def check_settings(config: dict) -> None:
         ),
         (config["OPTIMIZER"] in ("adam", "adamw"), "OPTIMIZER must be adam or adamw"),
         (config["SCHEDULE"] in ("constant", "cosine"), "SCHEDULE must be constant or cosine"),
-        (0 <= config["WARMUP_EPOCHS"] < config["EPOCHS"], "WARMUP_EPOCHS must be >= 0 and below EPOCHS"),
+        (config["WARMUP_EPOCHS"] >= 0, "WARMUP_EPOCHS must be >= 0"),
         (config["PANEL_EVERY"] >= 1 and config["PANEL_IMAGES"] >= 1, "PANEL_EVERY and PANEL_IMAGES must be >= 1"),
         (config["THREADS"] >= 0, "THREADS must be >= 0 (0 keeps PyTorch's default)"),
     ]

@@ -29,7 +29,7 @@ def test_run_writes_checkpoint_panels_and_history(trained):
     best = max(history, key=lambda row: float(row["val_dice"]))
     assert checkpoint["epoch"] == int(best["epoch"])
     assert checkpoint["metrics"]["val_dice"] == pytest.approx(float(best["val_dice"]))
-    assert checkpoint["config"]["LEARNING_RATE"] == 1e-5 and checkpoint["config"]["EPOCHS"] == 3
+    assert checkpoint["config"]["LEARNING_RATE"] == 1e-3 and checkpoint["config"]["EPOCHS"] == 3
 
 
 def test_checkpoint_reproduces_its_validation_dice_in_a_fresh_process(trained):
