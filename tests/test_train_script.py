@@ -66,21 +66,10 @@ def test_same_settings_give_the_same_history(trained):
     assert read_history(tmp_path / "again" / "history.csv") == read_history(tmp_path / "run" / "history.csv")
 
 
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        (["--batch-size", "0"], "BATCH_SIZE must be at least 1"),
-        (["--learning-rate", "-0.1"], "LEARNING_RATE must be > 0"),
-        (["--val-fraction", "1.5"], "VAL_FRACTION must be between 0 and 1"),
-        (["--image-size", "4"], "IMAGE_SIZE must be at least 8"),
-        (["--augmentation", "wild"], "AUGMENTATION must be one of"),
-        (["--threads", "-1"], "THREADS must be >= 0"),
-    ],
-)
-def test_bad_settings_are_refused_before_any_work(tmp_path, flags, message):
-    result = train(tmp_path, *flags, check=False)
+def test_bad_setting_is_refused_by_the_script_before_any_work(tmp_path):
+    result = train(tmp_path, "--batch-size", "0", check=False)
     assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "BATCH_SIZE must be at least 1" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()  # nothing was downloaded or written
 
 
@@ -88,16 +77,21 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, flags, message):
     ("flags", "message"),
     [
         (["--learning-rate", "0"], "LEARNING_RATE must be > 0"),
+        (["--learning-rate", "-0.1"], "LEARNING_RATE must be > 0"),
         (["--learning-rate", "nan"], "LEARNING_RATE must be > 0"),
         (["--val-fraction", "0"], "VAL_FRACTION must be between 0 and 1"),
         (["--val-fraction", "1"], "VAL_FRACTION must be between 0 and 1"),
+        (["--val-fraction", "1.5"], "VAL_FRACTION must be between 0 and 1"),
+        (["--image-size", "4"], "IMAGE_SIZE must be at least 8"),
+        (["--augmentation", "wild"], "AUGMENTATION must be one of"),
+        (["--threads", "-1"], "THREADS must be >= 0"),
         (["--image-size", "16", "--depth", "4"], "IMAGE_SIZE must be at least 32 for a U-Net of DEPTH 4"),
         (["--bce-weight", "inf"], "BCE_WEIGHT and DICE_WEIGHT must be finite"),
         (["--dice-weight", "-1"], "BCE_WEIGHT and DICE_WEIGHT must be finite, >= 0"),
         (["--device", "cuda"], "DEVICE='cuda' but no CUDA GPU is visible"),
     ],
 )
-def test_more_bad_settings_are_refused_before_any_work(tmp_path, monkeypatch, flags, message):
+def test_bad_settings_are_refused_before_any_work(tmp_path, monkeypatch, flags, message):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
     status, _, stderr = train_in_process(tmp_path, *flags)
     assert status == 2 and message in error_line(stderr)
