@@ -7,8 +7,6 @@
 Every UPPER_CASE constant below can be edited here or given as a flag (CHECKPOINT -> --checkpoint).
 """
 
-import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -25,7 +23,7 @@ from utils.config import parse_config, script_constants
 from utils.device import describe_device
 from utils.errors import UserError, run_main
 from utils.evaluation import GLOBAL_METRICS, METRIC_LABELS, METRICS, checkpoint_test_pairs, score_pairs, summarize
-from utils.files import write_text_atomic
+from utils.files import write_csv_atomic, write_text_atomic
 
 CHECKPOINT = "models/unet_kvasirseg.pth"  # the model to score
 DATA_DIR = "data"  # Kvasir-SEG as train.py gets it (downloaded into this folder when missing)
@@ -58,13 +56,9 @@ def select_pairs(config: dict, checkpoint: dict) -> tuple[list[tuple[str, Path, 
     return pairs, f"the {len(pairs)} images of the {kind}"
 
 
-def per_image_csv(rows: list[dict]) -> str:
-    """The rows as CSV text, metrics rounded to 6 decimals."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
-    return buffer.getvalue()
+def rounded(row: dict) -> dict:
+    """The row with its float metrics rounded to 6 decimals, for the per-image CSV."""
+    return {key: round(value, 6) if isinstance(value, float) else value for key, value in row.items()}
 
 
 def format_report(report: dict) -> str:
@@ -121,7 +115,7 @@ def main() -> None:
         "summary": summarize(rows),
         "speed": {**speed, "batch_size": len(speed_images)},
     }
-    write_text_atomic(config["CSV"], per_image_csv(rows))
+    write_csv_atomic(config["CSV"], [rounded(row) for row in rows])
     if config["JSON"]:
         write_text_atomic(config["JSON"], json.dumps(report, indent=2) + "\n")
     print(format_report(report))

@@ -8,8 +8,6 @@
 Every UPPER_CASE constant below can be edited here or given as a flag (IMAGE_SIZE -> --image-size).
 """
 
-import csv
-import io
 import math
 import sys
 import time
@@ -29,7 +27,7 @@ from utils.config import parse_config, script_constants
 from utils.device import autocast, autocast_dtype, resolve_device
 from utils.errors import UserError, run_main
 from utils.evaluation import evaluate
-from utils.files import exclusive_lock, remove_stale_temporaries, write_text_atomic
+from utils.files import exclusive_lock, remove_stale_temporaries, write_csv_atomic
 from utils.interrupt import StopRequest
 from utils.losses import bce_dice_loss
 from utils.metrics import binarize
@@ -147,15 +145,6 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedul
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return 1.0
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    """Rewrite the per-epoch CSV in one step, so it is never half-written."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    write_text_atomic(path, buffer.getvalue())
 
 
 def main() -> None:
@@ -334,7 +323,7 @@ def main() -> None:
                     f"  val Dice {row['val_dice']:.4f}  val IoU {row['val_iou']:.4f}  ({row['seconds']:.1f} s)"
                     + ("  * best, saved" if improved else "")
                 )
-                write_history(output_dir / "history.csv", history)
+                write_csv_atomic(output_dir / "history.csv", history)
                 if improved:
                     best_dice = row["val_dice"]
                     save_checkpoint(config["CHECKPOINT_PATH"], model_checkpoint(epoch, row))

@@ -1,7 +1,9 @@
 """Write files so that a reader never sees half of one: write beside the target, then rename over it."""
 
 import contextlib
+import csv
 import fcntl
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -39,6 +41,15 @@ def write_text_atomic(path, text: str) -> None:
     """Replace `path` with `text` in one step."""
     with atomic_path(path) as temporary:
         temporary.write_text(text)
+
+
+def write_csv_atomic(path, rows: list[dict]) -> None:
+    """Replace `path` with `rows` as CSV (header from the first row's keys) in one step."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
 
 
 @contextlib.contextmanager
