@@ -30,11 +30,11 @@ from dataset import kvasir, synthetic, transforms
 from dataset.segmentation import EpochSampler, PolypDataset, loader_options, worker_count
 from model import UNet
 from utils.config import parse_config
-from utils.device import autocast, autocast_dtype, resolve_device
+from utils.device import autocast, autocast_dtype, configure_fast_path, resolve_device
 from utils.errors import UserError, run_main
 from utils.files import write_text_atomic
 from utils.losses import bce_dice_loss
-from utils.training import configure_fast_path, make_optimizer, training_step
+from utils.training import make_optimizer, training_step
 
 DATA_DIR = "data"  # the real Kvasir-SEG (folder or zip, as scripts/train.py leaves it), used when SYNTHETIC is 0
 SYNTHETIC = 0  # N > 0: time on N generated Kvasir-sized images in a temporary folder instead

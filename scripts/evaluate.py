@@ -13,7 +13,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, model/, utils/ from anywhere
 
-import torch
 
 from dataset import kvasir
 from dataset.images import read_rgb
@@ -96,8 +95,6 @@ def main() -> None:
     predictor = inference.Predictor.from_checkpoint(
         checkpoint, config["DEVICE"], config["MIXED_PRECISION"], config["TTA"]
     )
-    if predictor.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     pairs, source = select_pairs(config, checkpoint)
     print(f"scoring {source} on {describe_device(predictor.device)}")
 

@@ -24,14 +24,14 @@ from dataset.segmentation import EpochSampler, PolypDataset, loader_options, wor
 from dataset.splits import make_split
 from model import UNet, load_checkpoint, save_checkpoint
 from utils.config import parse_config, script_constants
-from utils.device import autocast, autocast_dtype, resolve_device
+from utils.device import autocast, autocast_dtype, configure_fast_path, resolve_device
 from utils.errors import UserError, run_main
 from utils.evaluation import evaluate
 from utils.files import exclusive_lock, remove_stale_temporaries, write_csv_atomic
 from utils.interrupt import StopRequest
 from utils.losses import bce_dice_loss
 from utils.metrics import binarize
-from utils.training import configure_fast_path, make_optimizer, training_step
+from utils.training import make_optimizer, training_step
 from utils.visualization import panel_figure, save_figure
 
 # ----------------------------------------------------------------------------------------------------------

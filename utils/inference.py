@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from model.checkpoint import build_model, load_checkpoint
-from utils.device import autocast, autocast_dtype, resolve_device
+from utils.device import autocast, autocast_dtype, configure_fast_path, resolve_device
 from utils.errors import UserError
 
 THRESHOLD = 0.5  # a pixel is polyp when its probability exceeds this
@@ -52,7 +52,7 @@ class Predictor:
     tta: bool = False
 
     def __post_init__(self):
-        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        self.memory_format = configure_fast_path(self.device)
         self.model = self.model.to(self.device, memory_format=self.memory_format).eval()
 
     @classmethod

@@ -1,17 +1,8 @@
-"""The training step shared by scripts/train.py and scripts/benchmark.py, and the settings that make it fast."""
+"""The training step shared by scripts/train.py and scripts/benchmark.py, and its optimizer."""
 
 import torch
 
 from utils.device import autocast
-
-
-def configure_fast_path(device: torch.device) -> torch.memory_format:
-    """On CUDA, let cuDNN time and pick the fastest convolution algorithms for the (fixed) input size and
-    return channels_last (tensor-core convolutions then need no layout transposes); elsewhere the default."""
-    if device.type != "cuda":
-        return torch.contiguous_format
-    torch.backends.cudnn.benchmark = True
-    return torch.channels_last
 
 
 def make_optimizer(parameters, name: str, learning_rate: float, weight_decay: float, device: torch.device):
