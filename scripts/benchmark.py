@@ -30,7 +30,7 @@ from dataset import kvasir, synthetic, transforms
 from dataset.segmentation import EpochSampler, PolypDataset, loader_options, worker_count
 from model import UNet
 from utils.config import parse_config
-from utils.device import autocast, autocast_dtype, configure_fast_path, resolve_device
+from utils.device import autocast, autocast_dtype, configure_fast_path, resolve_device, synchronize
 from utils.errors import UserError, run_main
 from utils.files import write_text_atomic
 from utils.losses import bce_dice_loss
@@ -94,12 +94,6 @@ def flops_per_image(model_config: dict, image_size: int, batch_size: int, traini
         if training:
             bce_dice_loss(logits, masks).backward()
     return counter.get_total_flops() / batch_size
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the GPU's queued work, so that wall-clock time covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def endless(loader: DataLoader, sampler: EpochSampler):

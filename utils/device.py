@@ -46,3 +46,9 @@ def configure_fast_path(device: torch.device) -> torch.memory_format:
         return torch.contiguous_format
     torch.backends.cudnn.benchmark = True
     return torch.channels_last
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that timings measure the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

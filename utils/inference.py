@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from model.checkpoint import build_model, load_checkpoint
-from utils.device import autocast, autocast_dtype, configure_fast_path, resolve_device
+from utils.device import autocast, autocast_dtype, configure_fast_path, resolve_device, synchronize
 from utils.errors import UserError
 
 THRESHOLD = 0.5  # a pixel is polyp when its probability exceeds this
@@ -33,12 +33,6 @@ def resize_probabilities(probabilities: torch.Tensor, height: int, width: int) -
     """A [1, S, S] probability map -> [height, width] by bilinear interpolation (before any thresholding)."""
     resized = F.interpolate(probabilities[None].float(), size=(height, width), mode="bilinear", align_corners=False)
     return resized[0, 0]
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so that timings measure the work and not its launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass
