@@ -39,11 +39,11 @@ from utils.training import make_optimizer, training_step
 DATA_DIR = "data"  # the real Kvasir-SEG (folder or zip, as scripts/train.py leaves it), used when SYNTHETIC is 0
 SYNTHETIC = 0  # N > 0: time on N generated Kvasir-sized images in a temporary folder instead
 IMAGE_SIZE = 256
-AUGMENTATION = "flips"  # as in scripts/train.py
+AUGMENTATION = "strong"  # as in scripts/train.py
 NUM_WORKERS = -1  # fast-path DataLoader workers; -1 picks min(8, CPU count - 1) like scripts/train.py
 BASE_CHANNELS = 64
 DEPTH = 4
-BATCH_SIZE = 8  # training batch; scripts/train.py's default
+BATCH_SIZE = 16  # training batch; scripts/train.py's default
 INFERENCE_BATCH_SIZE = 64
 WARMUP_STEPS = 5  # untimed steps first (worker start-up, cuDNN autotuning, compilation)
 STEPS = 20  # timed steps, the same for every loop
