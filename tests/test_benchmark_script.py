@@ -2,13 +2,10 @@
 (never a timing assertion: speed is measured by the script, not by tests)."""
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.scripts import run_script
+
 TINY = [
     "--device", "cpu", "--image-size", "32", "--base-channels", "4", "--depth", "2", "--batch-size", "4",
     "--inference-batch-size", "4", "--warmup-steps", "1", "--steps", "2", "--pipeline-batches", "2",
@@ -18,8 +15,7 @@ NUMBER = r"\d+(\.\d+)?"
 
 
 def benchmark(*flags):
-    command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), *TINY, *flags]
-    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    return run_script("benchmark", *TINY, *flags)
 
 
 def test_benchmark_reports_fast_and_reference_loops(tmp_path):

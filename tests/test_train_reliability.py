@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dataset.synthetic import make_kvasir_folder
-from tests.train_runs import REPO, command_line, error_line, read_history, train_in_process
+from tests.scripts import REPO
+from tests.train_runs import command_line, error_line, read_history, train_in_process
 from utils.files import exclusive_lock
 from utils.interrupt import StopRequest
 

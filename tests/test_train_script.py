@@ -7,7 +7,8 @@ import textwrap
 import pytest
 import torch
 
-from tests.train_runs import REPO, TINY, error_line, read_history, train, train_in_process
+from tests.scripts import REPO
+from tests.train_runs import TINY, error_line, read_history, train, train_in_process
 
 
 @pytest.fixture

@@ -2,20 +2,14 @@
 
 import contextlib
 import csv
-import importlib.util
 import io
-import os
-import subprocess
 import sys
-from pathlib import Path
 
+from tests.scripts import load_script, run_script
 from utils.errors import run_main
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "32", "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--num-workers", "0"]
-_spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train.py")
-train_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_script)
+train_script = load_script("train")
 
 
 def command_line(tmp_path, *flags, name="run") -> list[str]:
@@ -28,8 +22,7 @@ def command_line(tmp_path, *flags, name="run") -> list[str]:
 
 def train(tmp_path, *flags, name="run", check=True):
     """Run the training script in a subprocess; return the completed process."""
-    command = [sys.executable, str(REPO / "scripts" / "train.py"), *command_line(tmp_path, *flags, name=name)]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
+    result = run_script("train", *command_line(tmp_path, *flags, name=name))
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
