@@ -1,6 +1,7 @@
 """Score a trained U-Net on the Kvasir-SEG test split (or any folder of images with masks), at each mask's own size.
 
     python scripts/evaluate.py                                   # models/unet_kvasirseg.pth on the 120 test images
+    python scripts/evaluate.py --split val --tta                 # its validation carve-out, to choose settings
     python scripts/evaluate.py --tta --json outputs/evaluation/summary.json
     python scripts/evaluate.py --images other/images --masks other/masks   # every image of another dataset
 
@@ -21,12 +22,13 @@ from utils import inference  # as a module: its THRESHOLD is not a setting of th
 from utils.config import parse_config, script_constants
 from utils.device import describe_device
 from utils.errors import UserError, run_main
-from utils.evaluation import GLOBAL_METRICS, METRIC_LABELS, METRICS, checkpoint_test_pairs, score_pairs, summarize
+from utils.evaluation import GLOBAL_METRICS, METRIC_LABELS, METRICS, checkpoint_split_pairs, score_pairs, summarize
 from utils.files import write_csv_atomic, write_text_atomic
 
 CHECKPOINT = "models/unet_kvasirseg.pth"  # the model to score
 DATA_DIR = "data"  # Kvasir-SEG as train.py gets it (downloaded into this folder when missing)
-IMAGES = ""  # with MASKS: score every image of this folder instead of the test split
+SPLIT = "test"  # test: the 120 held-out images | val: the checkpoint's validation carve-out (for choosing settings)
+IMAGES = ""  # with MASKS: score every image of this folder instead of a split
 MASKS = ""  # masks with the same file name stems as the images in IMAGES
 BATCH_SIZE = 8  # images per forward pass (also the batch of the speed measurement)
 TTA = False  # average the probabilities of the image and its horizontal and vertical flips
@@ -39,7 +41,7 @@ JSON = ""  # when set, also write the summary as JSON to this path
 def select_pairs(config: dict, checkpoint: dict) -> tuple[list[tuple[str, Path, Path]], str]:
     """The (id, image, mask) pairs to score and a description of where they come from.
 
-    Without IMAGES/MASKS: the test ids of the split train.py made with this checkpoint's VAL_FRACTION and SEED.
+    Without IMAGES/MASKS: the SPLIT ids of the split train.py made with this checkpoint's VAL_FRACTION and SEED.
     """
     if bool(config["IMAGES"]) != bool(config["MASKS"]):
         raise UserError("give both --images and --masks (a folder of images and a folder of their masks).")
@@ -49,9 +51,14 @@ def select_pairs(config: dict, checkpoint: dict) -> tuple[list[tuple[str, Path, 
                 raise UserError(f"--{flag.lower()} {config[flag]} is not a folder.")
         pairs = kvasir.pair_images_and_masks(config["IMAGES"], config["MASKS"])
         return pairs, f"all {len(pairs)} images of {config['IMAGES']}"
-    pairs, split = checkpoint_test_pairs(config["DATA_DIR"], checkpoint)
+    if config["SPLIT"] not in ("test", "val"):
+        raise UserError(f"--split must be test or val, not {config['SPLIT']!r}.")
+    pairs, split = checkpoint_split_pairs(config["DATA_DIR"], checkpoint, config["SPLIT"])
     seed = checkpoint["config"]["SEED"]
-    kind = "official Kvasir-SEG test split" if split.official else f"seeded test split (seed {seed})"
+    if config["SPLIT"] == "val":
+        kind = f"validation carve-out (seed {seed}) the checkpoint was chosen on"
+    else:
+        kind = "official Kvasir-SEG test split" if split.official else f"seeded test split (seed {seed})"
     return pairs, f"the {len(pairs)} images of the {kind}"
 
 

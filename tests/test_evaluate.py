@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.kvasir import pair_images_and_masks
+from dataset.kvasir import pair_images_and_masks, prepare_kvasir_seg
+from dataset.splits import make_split
 from dataset.synthetic import save_untrained_checkpoint
 from tests.scripts import load_script, run_script
 from utils.errors import UserError
@@ -109,6 +110,25 @@ def test_images_without_masks_are_refused(tmp_path):
         evaluate.select_pairs({"IMAGES": str(tmp_path), "MASKS": ""}, {})
     with pytest.raises(UserError, match="is not a folder"):
         evaluate.select_pairs({"IMAGES": str(tmp_path), "MASKS": str(tmp_path / "missing")}, {})
+
+
+@pytest.mark.parametrize("part", ["test", "val"])
+def test_split_setting_selects_the_checkpoints_own_split(kvasir_dir, tmp_path, part):
+    evaluate = load_script("evaluate")
+    checkpoint = torch.load(save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir), weights_only=True)
+    pairs, source = evaluate.select_pairs(
+        {"SPLIT": part, "IMAGES": "", "MASKS": "", "DATA_DIR": kvasir_dir}, checkpoint
+    )
+    split = make_split(sorted(sample_id for sample_id, _, _ in prepare_kvasir_seg(kvasir_dir)), 0.1, 42)
+    assert [sample_id for sample_id, _, _ in pairs] == getattr(split, part)
+    assert ("validation carve-out" in source) == (part == "val")
+
+
+def test_unknown_split_is_refused(kvasir_dir, tmp_path):
+    evaluate = load_script("evaluate")
+    checkpoint = torch.load(save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir), weights_only=True)
+    with pytest.raises(UserError, match="--split must be test or val"):
+        evaluate.select_pairs({"SPLIT": "train", "IMAGES": "", "MASKS": "", "DATA_DIR": kvasir_dir}, checkpoint)
 
 
 def test_script_writes_table_csv_and_json_that_agree(kvasir_dir, tmp_path):

@@ -45,15 +45,19 @@ def evaluate(model, loader, loss_fn, device: torch.device, amp_dtype=None) -> di
     return {"loss": loss, "dice": dice, "iou": iou}
 
 
-def checkpoint_test_pairs(data_dir, checkpoint: dict) -> tuple[list[tuple[str, Path, Path]], Split]:
-    """The (id, image, mask) test pairs of the data in `data_dir`, exactly those train.py held out for this
-    checkpoint (the split remade with its saved VAL_FRACTION and SEED), and the split itself."""
+def checkpoint_split_pairs(
+    data_dir, checkpoint: dict, part: str = "test"
+) -> tuple[list[tuple[str, Path, Path]], Split]:
+    """The (id, image, mask) pairs of one part ("test" or "val") of the data in `data_dir`, exactly those
+    train.py used for this checkpoint (the split remade with its saved VAL_FRACTION and SEED), and the split."""
+    if part not in ("test", "val"):
+        raise ValueError(f"part must be 'test' or 'val', not {part!r}")
     training = checkpoint.get("config", {})
     if "VAL_FRACTION" not in training or "SEED" not in training:
         raise UserError("the checkpoint does not record its split settings (VAL_FRACTION, SEED).")
     by_id = {pair[0]: pair for pair in prepare_kvasir_seg(data_dir)}
     split = make_split(sorted(by_id), training["VAL_FRACTION"], training["SEED"])
-    return [by_id[sample_id] for sample_id in split.test], split
+    return [by_id[sample_id] for sample_id in getattr(split, part)], split
 
 
 def score_mask(sample_id: str, prediction: np.ndarray, mask: np.ndarray) -> dict:
