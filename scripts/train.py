@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, model/, utils/ from anywhere
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader
 from tqdm import tqdm
 
@@ -56,6 +57,7 @@ SCHEDULE = "cosine"  # constant | cosine (per step, after warm-up)
 WARMUP_EPOCHS = 3  # linear warm-up from 0 to LEARNING_RATE over this many epochs (all of a shorter run)
 BCE_WEIGHT = 1.0  # loss = BCE_WEIGHT * BCE + DICE_WEIGHT * (1 - soft Dice)
 DICE_WEIGHT = 1.0
+EMA_DECAY = 0.0  # 0: off; else validate and save an exponential moving average of the weights, updated every step
 # Run
 SEED = 42  # seeds the split, initialisation, shuffling and augmentation
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
@@ -115,6 +117,7 @@ def check_settings(config: dict) -> None:
         (config["OPTIMIZER"] in ("adam", "adamw"), "OPTIMIZER must be adam or adamw"),
         (config["SCHEDULE"] in ("constant", "cosine"), "SCHEDULE must be constant or cosine"),
         (config["WARMUP_EPOCHS"] >= 0, "WARMUP_EPOCHS must be >= 0"),
+        (0 <= config["EMA_DECAY"] < 1, "EMA_DECAY must be in [0, 1) (0 turns the moving average off)"),
         (config["PANEL_EVERY"] >= 1 and config["PANEL_IMAGES"] >= 1, "PANEL_EVERY and PANEL_IMAGES must be >= 1"),
         (config["THREADS"] >= 0, "THREADS must be >= 0 (0 keeps PyTorch's default)"),
     ]
@@ -209,6 +212,10 @@ def main() -> None:
         torch.manual_seed(config["SEED"])
         model = UNet(3, 1, config["BASE_CHANNELS"], config["DEPTH"]).to(device, memory_format=memory_format)
         train_model = torch.compile(model) if config["COMPILE"] else model  # shares the weights of `model`
+        ema = None
+        if config["EMA_DECAY"]:  # a shadow copy; batch-norm statistics are averaged like the weights
+            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["EMA_DECAY"]), use_buffers=True)
+        eval_model = ema.module if ema else model  # validated, shown in the panels and saved as the best model
         optimizer = make_optimizer(
             model.parameters(), config["OPTIMIZER"], config["LEARNING_RATE"], config["WEIGHT_DECAY"], device
         )
@@ -228,6 +235,8 @@ def main() -> None:
         step_losses = torch.zeros(steps_per_epoch, device=device)
         if resumed is not None:
             model.load_state_dict(resumed["model_state"])
+            if ema:
+                ema.load_state_dict(resumed["ema_state"])
             optimizer.load_state_dict(resumed["optimizer_state"])
             scheduler.load_state_dict(resumed["scheduler_state"])
             scaler.load_state_dict(resumed["scaler_state"])
@@ -236,10 +245,10 @@ def main() -> None:
             history, best_dice = resumed["history"], resumed["best_dice"]
             step_losses.copy_(resumed["step_losses"])
 
-        def model_checkpoint(epoch: int, metrics: dict) -> dict:
-            """The portable checkpoint: weights plus everything needed to rebuild and feed the model."""
+        def model_checkpoint(weights: torch.nn.Module, epoch: int, metrics: dict) -> dict:
+            """The portable checkpoint: the weights of `weights` plus everything needed to rebuild and feed it."""
             return {
-                "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "model_state": {k: v.detach().cpu() for k, v in weights.state_dict().items()},
                 "model_config": model.config,
                 "preprocessing": {
                     "image_size": config["IMAGE_SIZE"],
@@ -253,7 +262,9 @@ def main() -> None:
 
         def save_resumable(epoch: int, step: int) -> None:
             """Everything needed to continue exactly from `step` of `epoch` (the start of the next step)."""
-            state = model_checkpoint(epoch, history[-1] if history else {})
+            state = model_checkpoint(model, epoch, history[-1] if history else {})
+            if ema:
+                state["ema_state"] = {k: v.detach().cpu() for k, v in ema.state_dict().items()}
             state.update(
                 step=step,
                 optimizer_state=optimizer.state_dict(),
@@ -296,6 +307,8 @@ def main() -> None:
                     masks = masks.to(device, non_blocking=True)
                     step_losses[step] = training_step(train_model, images, masks, loss_fn, optimizer, scaler, amp_dtype)
                     scheduler.step()
+                    if ema:
+                        ema.update_parameters(model)
                     if step % 10 == 0:
                         progress.set_postfix(loss=f"{step_losses[step].item():.4f}")
                     if stop.requested:
@@ -304,7 +317,7 @@ def main() -> None:
                 start_step = 0
                 check_finite(epoch, steps_per_epoch)
 
-                val = evaluate(model, val_loader, loss_fn, device, amp_dtype)
+                val = evaluate(eval_model, val_loader, loss_fn, device, amp_dtype)
                 history.append(
                     {
                         "epoch": epoch,
@@ -326,11 +339,11 @@ def main() -> None:
                 write_csv_atomic(output_dir / "history.csv", history)
                 if improved:
                     best_dice = row["val_dice"]
-                    save_checkpoint(config["CHECKPOINT_PATH"], model_checkpoint(epoch, row))
+                    save_checkpoint(config["CHECKPOINT_PATH"], model_checkpoint(eval_model, epoch, row))
 
                 if epoch % config["PANEL_EVERY"] == 0 or epoch == config["EPOCHS"]:
                     with torch.inference_mode(), autocast(device, amp_dtype):
-                        predictions = binarize(model(panel_images.to(device, memory_format=memory_format)))
+                        predictions = binarize(eval_model(panel_images.to(device, memory_format=memory_format)))
                     figure = panel_figure(panel_images, panel_masks, predictions, f"epoch {epoch}: validation images")
                     save_figure(figure, output_dir / "panels" / f"epoch_{epoch:03d}.png", config["SHOW_PANELS"])
                 if stop.requested and epoch < config["EPOCHS"]:

@@ -16,7 +16,8 @@ from tests.train_runs import command_line, error_line, read_history, train_in_pr
 from utils.files import exclusive_lock
 from utils.interrupt import StopRequest
 
-EPOCHS = ["--epochs", "10", "--panel-every", "100"]  # long enough that a signal after epoch 1 lands mid-run
+# long enough that a signal after epoch 1 lands mid-run; with the weight average, whose state must resume too
+EPOCHS = ["--epochs", "10", "--panel-every", "100", "--ema-decay", "0.9"]
 EPOCH_LINE = re.compile(r"^epoch +\d+  train loss")
 
 
@@ -153,7 +154,8 @@ def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(interrupted_
     tmp_path, results = interrupted_runs
     assert results["final"][0] == 0, results["final"][2][-2000:]
     assert read_history(tmp_path / "run" / "history.csv") == read_history(tmp_path / "reference" / "history.csv")
-    for name in ("last.pth", "best.pth"):
-        resumed = torch.load(tmp_path / "run" / name, weights_only=True)["model_state"]
-        reference = torch.load(tmp_path / "reference" / name, weights_only=True)["model_state"]
+    for name, weights in [("last.pth", "model_state"), ("last.pth", "ema_state"), ("best.pth", "model_state")]:
+        resumed = torch.load(tmp_path / "run" / name, weights_only=True)[weights]
+        reference = torch.load(tmp_path / "reference" / name, weights_only=True)[weights]
+        assert resumed.keys() == reference.keys()
         assert all(torch.equal(resumed[key], reference[key]) for key in reference)

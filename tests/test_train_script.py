@@ -7,13 +7,15 @@ import textwrap
 import pytest
 import torch
 
+from dataset.kvasir import prepare_kvasir_seg
+from dataset.splits import make_split
 from tests.scripts import REPO
 from tests.train_runs import TINY, error_line, read_history, train, train_in_process
 
 
-@pytest.fixture
-def trained(kvasir_dir, tmp_path):
-    result = train(tmp_path, "--epochs", "3", "--panel-every", "2")
+@pytest.fixture(params=[[], ["--ema-decay", "0.9"]], ids=["weights", "moving-average"])
+def trained(kvasir_dir, tmp_path, request):
+    result = train(tmp_path, "--epochs", "3", "--panel-every", "2", *request.param)
     return tmp_path, result
 
 
@@ -63,8 +65,20 @@ def test_checkpoint_reproduces_its_validation_dice_in_a_fresh_process(trained):
 
 def test_same_settings_give_the_same_history(trained):
     tmp_path, _ = trained
-    train(tmp_path, "--epochs", "3", "--panel-every", "2", name="again")
+    flags = torch.load(tmp_path / "run" / "best.pth", weights_only=True)["config"]
+    train(tmp_path, "--epochs", "3", "--panel-every", "2", "--ema-decay", str(flags["EMA_DECAY"]), name="again")
     assert read_history(tmp_path / "again" / "history.csv") == read_history(tmp_path / "run" / "history.csv")
+
+
+def test_moving_average_is_kept_beside_the_trained_weights(kvasir_dir, tmp_path):
+    status, _, stderr = train_in_process(tmp_path, "--epochs", "2", "--ema-decay", "0.5")
+    assert status == 0, stderr[-2000:]
+    last = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    train_ids = make_split(sorted(sample_id for sample_id, _, _ in prepare_kvasir_seg(kvasir_dir)), 0.1, 42).train
+    assert last["ema_state"]["n_averaged"] == 2 * (len(train_ids) // 4)  # updated after every step (batch size 4)
+    averaged = {key.removeprefix("module."): value for key, value in last["ema_state"].items() if key != "n_averaged"}
+    assert averaged.keys() == last["model_state"].keys()
+    assert not all(torch.equal(averaged[key], last["model_state"][key]) for key in averaged)
 
 
 def test_bad_setting_is_refused_by_the_script_before_any_work(tmp_path):
