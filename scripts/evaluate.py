@@ -1,8 +1,8 @@
 """Score a trained U-Net on the Kvasir-SEG test split (or any folder of images with masks), at each mask's own size.
 
     python scripts/evaluate.py                                   # models/unet_kvasirseg.pth on the 120 test images
-    python scripts/evaluate.py --split val --tta                 # its validation carve-out, to choose settings
-    python scripts/evaluate.py --tta --json outputs/evaluation/summary.json
+    python scripts/evaluate.py --split val                       # its validation carve-out, to choose settings
+    python scripts/evaluate.py --no-tta --json outputs/evaluation/summary.json   # one forward pass per image
     python scripts/evaluate.py --images other/images --masks other/masks   # every image of another dataset
 
 Every UPPER_CASE constant below can be edited here or given as a flag (CHECKPOINT -> --checkpoint).
@@ -31,7 +31,7 @@ SPLIT = "test"  # test: the 120 held-out images | val: the checkpoint's validati
 IMAGES = ""  # with MASKS: score every image of this folder instead of a split
 MASKS = ""  # masks with the same file name stems as the images in IMAGES
 BATCH_SIZE = 8  # images per forward pass (also the batch of the speed measurement)
-TTA = False  # average the probabilities of the image and its horizontal and vertical flips
+TTA = True  # average the probabilities of the image and its flips (chosen on validation, see README "Results")
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 on GPUs without bf16); ignored on the CPU
 CSV = "outputs/evaluation/per_image.csv"  # one row per image: id, width, height, metrics, pixel counts

@@ -1,7 +1,7 @@
 """Segment new images with a trained U-Net: a binary mask and an overlay per image, at the image's own size.
 
     python scripts/predict.py polyp.jpg                      # writes outputs/predictions/polyp_{mask,overlay}.png
-    python scripts/predict.py folder/ more.png --output results --tta
+    python scripts/predict.py folder/ more.png --output results --no-tta   # one forward pass per image
 
 INPUT is an image file or a folder of them (PNG, JPEG, TIFF, BMP; grey, RGB or RGBA; any size).
 Every UPPER_CASE constant below can be edited here or given as a flag (BATCH_SIZE -> --batch-size).
@@ -25,7 +25,7 @@ from utils.visualization import overlay_mask
 CHECKPOINT = "models/unet_kvasirseg.pth"  # the model to predict with
 OUTPUT = "outputs/predictions"  # NAME_mask.png (0 or 255) and NAME_overlay.png for each input NAME.ext
 BATCH_SIZE = 8  # images per forward pass
-TTA = False  # average the probabilities of the image and its horizontal and vertical flips
+TTA = True  # average the probabilities of the image and its horizontal and vertical flips, as evaluate.py
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 on GPUs without bf16); ignored on the CPU
 
