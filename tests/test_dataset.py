@@ -22,7 +22,7 @@ def pairs(kvasir_dir):
 
 
 @pytest.mark.parametrize("size", [16, 32, 48])
-@pytest.mark.parametrize("augmentation", ["none", "flips", "strong"])
+@pytest.mark.parametrize("augmentation", ["none", "flips", "strong", "heavy"])
 def test_items_have_expected_shapes_and_values(pairs, size, augmentation):
     dataset = PolypDataset(pairs, size, build_transform(augmentation))
     image, mask = dataset[(3, 7)]
@@ -60,7 +60,7 @@ def test_epoch_sampler_is_seeded_and_resumable():
     assert list(sampler) != full
 
 
-@pytest.mark.parametrize("augmentation", ["none", "strong"])
+@pytest.mark.parametrize("augmentation", ["none", "strong", "heavy"])
 def test_cached_and_uncached_loading_give_the_same_samples(pairs, tmp_path, augmentation):
     cached = PolypDataset(pairs, 32, build_transform(augmentation), cache_dir=tmp_path / "cache")
     uncached = PolypDataset(pairs, 32, build_transform(augmentation))
