@@ -13,8 +13,9 @@ AUGMENTATIONS = ("none", "flips", "strong", "heavy")
 def build_transform(augmentation: str = "none") -> A.Compose:
     """`none`: normalise only (evaluation). `flips`: random horizontal and vertical flips (the seed recipe).
     `strong`: flips, 90-degree rotations, random affine (rotate +-45 deg, scale 0.75-1.25, shift 10%)
-    and brightness/contrast jitter. `heavy`: `strong` plus hue/saturation jitter, Gaussian blur and
-    coarse dropout (rectangles blanked in the image only, so the model must infer the hidden polyp)."""
+    and brightness/contrast jitter. `heavy`: `strong` without its flips (90-degree rotations, affine and
+    brightness/contrast only), plus hue/saturation jitter, Gaussian blur and coarse dropout (rectangles blanked
+    in the image only, so the model must infer the hidden polyp); measured in this form (README "Results")."""
     if augmentation not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {augmentation!r}; choose one of {AUGMENTATIONS}")
     steps = []
