@@ -22,7 +22,15 @@ from utils import inference  # as a module: its THRESHOLD is not a setting of th
 from utils.config import parse_config, script_constants
 from utils.device import describe_device
 from utils.errors import UserError, run_main
-from utils.evaluation import GLOBAL_METRICS, METRIC_LABELS, METRICS, checkpoint_split_pairs, score_pairs, summarize
+from utils.evaluation import (
+    GLOBAL_METRICS,
+    METRIC_LABELS,
+    METRICS,
+    SPLIT_PARTS,
+    checkpoint_split_pairs,
+    score_pairs,
+    summarize,
+)
 from utils.files import write_csv_atomic, write_text_atomic
 
 CHECKPOINT = "models/unet_kvasirseg.pth"  # the model to score
@@ -51,8 +59,8 @@ def select_pairs(config: dict, checkpoint: dict) -> tuple[list[tuple[str, Path, 
                 raise UserError(f"--{flag.lower()} {config[flag]} is not a folder.")
         pairs = kvasir.pair_images_and_masks(config["IMAGES"], config["MASKS"])
         return pairs, f"all {len(pairs)} images of {config['IMAGES']}"
-    if config["SPLIT"] not in ("test", "val"):
-        raise UserError(f"--split must be test or val, not {config['SPLIT']!r}.")
+    if config["SPLIT"] not in SPLIT_PARTS:
+        raise UserError(f"--split must be {' or '.join(SPLIT_PARTS)}, not {config['SPLIT']!r}.")
     pairs, split = checkpoint_split_pairs(config["DATA_DIR"], checkpoint, config["SPLIT"])
     seed = checkpoint["config"]["SEED"]
     if config["SPLIT"] == "val":

@@ -245,10 +245,14 @@ def main() -> None:
             history, best_dice = resumed["history"], resumed["best_dice"]
             step_losses.copy_(resumed["step_losses"])
 
+        def cpu_state(module: torch.nn.Module) -> dict:
+            """The module's state dict as detached CPU tensors, for saving."""
+            return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
         def model_checkpoint(weights: torch.nn.Module, epoch: int, metrics: dict) -> dict:
             """The portable checkpoint: the weights of `weights` plus everything needed to rebuild and feed it."""
             return {
-                "model_state": {k: v.detach().cpu() for k, v in weights.state_dict().items()},
+                "model_state": cpu_state(weights),
                 "model_config": model.config,
                 "preprocessing": {
                     "image_size": config["IMAGE_SIZE"],
@@ -264,7 +268,7 @@ def main() -> None:
             """Everything needed to continue exactly from `step` of `epoch` (the start of the next step)."""
             state = model_checkpoint(model, epoch, history[-1] if history else {})
             if ema:
-                state["ema_state"] = {k: v.detach().cpu() for k, v in ema.state_dict().items()}
+                state["ema_state"] = cpu_state(ema)
             state.update(
                 step=step,
                 optimizer_state=optimizer.state_dict(),

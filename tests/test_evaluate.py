@@ -112,23 +112,24 @@ def test_images_without_masks_are_refused(tmp_path):
         evaluate.select_pairs({"IMAGES": str(tmp_path), "MASKS": str(tmp_path / "missing")}, {})
 
 
+SPLIT_SETTINGS = {"config": {"VAL_FRACTION": 0.1, "SEED": 42}}  # what select_pairs reads from a checkpoint
+
+
 @pytest.mark.parametrize("part", ["test", "val"])
-def test_split_setting_selects_the_checkpoints_own_split(kvasir_dir, tmp_path, part):
+def test_split_setting_selects_the_checkpoints_own_split(kvasir_dir, part):
     evaluate = load_script("evaluate")
-    checkpoint = torch.load(save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir), weights_only=True)
     pairs, source = evaluate.select_pairs(
-        {"SPLIT": part, "IMAGES": "", "MASKS": "", "DATA_DIR": kvasir_dir}, checkpoint
+        {"SPLIT": part, "IMAGES": "", "MASKS": "", "DATA_DIR": kvasir_dir}, SPLIT_SETTINGS
     )
     split = make_split(sorted(sample_id for sample_id, _, _ in prepare_kvasir_seg(kvasir_dir)), 0.1, 42)
     assert [sample_id for sample_id, _, _ in pairs] == getattr(split, part)
     assert ("validation carve-out" in source) == (part == "val")
 
 
-def test_unknown_split_is_refused(kvasir_dir, tmp_path):
+def test_unknown_split_is_refused(kvasir_dir):
     evaluate = load_script("evaluate")
-    checkpoint = torch.load(save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir), weights_only=True)
     with pytest.raises(UserError, match="--split must be test or val"):
-        evaluate.select_pairs({"SPLIT": "train", "IMAGES": "", "MASKS": "", "DATA_DIR": kvasir_dir}, checkpoint)
+        evaluate.select_pairs({"SPLIT": "train", "IMAGES": "", "MASKS": "", "DATA_DIR": kvasir_dir}, SPLIT_SETTINGS)
 
 
 def test_script_writes_table_csv_and_json_that_agree(kvasir_dir, tmp_path):

@@ -15,12 +15,12 @@ from tests.train_runs import TINY, error_line, read_history, train, train_in_pro
 
 @pytest.fixture(params=[[], ["--ema-decay", "0.9"]], ids=["weights", "moving-average"])
 def trained(kvasir_dir, tmp_path, request):
-    result = train(tmp_path, "--epochs", "3", "--panel-every", "2", *request.param)
-    return tmp_path, result
+    flags = ["--epochs", "3", "--panel-every", "2", *request.param]
+    return tmp_path, train(tmp_path, *flags), flags
 
 
 def test_run_writes_checkpoint_panels_and_history(trained):
-    tmp_path, result = trained
+    tmp_path, result, _ = trained
     run = tmp_path / "run"
     assert "device: cpu" in result.stdout and "val Dice" in result.stdout
     assert sorted(p.name for p in (run / "panels").iterdir()) == ["epoch_002.png", "epoch_003.png"]
@@ -36,7 +36,7 @@ def test_run_writes_checkpoint_panels_and_history(trained):
 
 
 def test_checkpoint_reproduces_its_validation_dice_in_a_fresh_process(trained):
-    tmp_path, _ = trained
+    tmp_path, _, _ = trained
     script = textwrap.dedent(f"""
         import torch
         from torch.utils.data import DataLoader
@@ -64,9 +64,8 @@ def test_checkpoint_reproduces_its_validation_dice_in_a_fresh_process(trained):
 
 
 def test_same_settings_give_the_same_history(trained):
-    tmp_path, _ = trained
-    flags = torch.load(tmp_path / "run" / "best.pth", weights_only=True)["config"]
-    train(tmp_path, "--epochs", "3", "--panel-every", "2", "--ema-decay", str(flags["EMA_DECAY"]), name="again")
+    tmp_path, _, flags = trained
+    train(tmp_path, *flags, name="again")
     assert read_history(tmp_path / "again" / "history.csv") == read_history(tmp_path / "run" / "history.csv")
 
 

@@ -17,6 +17,7 @@ from utils.metrics import binarize, confusion_counts, scores_from_counts
 METRICS = ("dice", "iou", "precision", "recall", "f2", "accuracy")
 COUNTS = ("tp", "fp", "fn", "tn")
 GLOBAL_METRICS = ("dice", "iou")  # also reported with all pixels of all images pooled
+SPLIT_PARTS = ("test", "val")  # the parts of a checkpoint's split that can be scored
 METRIC_LABELS = {  # for reports
     "dice": "Dice",
     "iou": "IoU",
@@ -50,8 +51,8 @@ def checkpoint_split_pairs(
 ) -> tuple[list[tuple[str, Path, Path]], Split]:
     """The (id, image, mask) pairs of one part ("test" or "val") of the data in `data_dir`, exactly those
     train.py used for this checkpoint (the split remade with its saved VAL_FRACTION and SEED), and the split."""
-    if part not in ("test", "val"):
-        raise ValueError(f"part must be 'test' or 'val', not {part!r}")
+    if part not in SPLIT_PARTS:
+        raise ValueError(f"part must be one of {SPLIT_PARTS}, not {part!r}")
     training = checkpoint.get("config", {})
     if "VAL_FRACTION" not in training or "SEED" not in training:
         raise UserError("the checkpoint does not record its split settings (VAL_FRACTION, SEED).")
