@@ -4,7 +4,7 @@ import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from utils.errors import UserError
+from common.errors import UserError
 
 MAX_EXPANSION_RATIO = 100  # uncompressed bytes per archive byte; images barely compress, bombs do
 MAX_TOTAL_BYTES = 20 * 2**30  # Kvasir-SEG unpacks to about 50 MB; nothing legitimate here nears 20 GiB

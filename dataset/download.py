@@ -8,7 +8,7 @@ import requests
 from tqdm import tqdm
 from urllib3.exceptions import NewConnectionError
 
-from utils.errors import UserError
+from common.errors import UserError
 
 
 class DownloadError(UserError):

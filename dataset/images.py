@@ -6,8 +6,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dataset.kvasir import DatasetError
-from utils.files import atomic_path
+from common.errors import DatasetError
+from common.files import atomic_path
 
 # OpenCV's own thread pool does not survive fork(): DataLoader workers that inherit a started pool hang.
 # Parallelism comes from the workers instead.

@@ -5,18 +5,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from common.errors import DatasetError, UserError
 from dataset.archive import require_zip, safe_extract_zip
 from dataset.download import DownloadError, download_file
-from utils.errors import UserError
 
 KVASIR_SEG_URL = "https://datasets.simula.no/downloads/kvasir-seg.zip"
 FOLDER_NAME = "Kvasir-SEG"
 ZIP_NAME = "kvasir-seg.zip"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-
-
-class DatasetError(UserError):
-    """The data on disk is incomplete or unreadable; the message names the files."""
 
 
 def prepare_kvasir_seg(data_dir, url: str = KVASIR_SEG_URL) -> list[tuple[str, Path, Path]]:

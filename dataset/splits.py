@@ -1,12 +1,15 @@
 """Train / validation / test split: the official Kvasir-SEG 880/120 split, validation carved from the 880."""
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
+from common.errors import UserError
+
 SPLIT_DIR = Path(__file__).parent / "splits"
 FALLBACK_TEST_FRACTION = 0.12  # the official split's 120 of 1000
+SCORED_PARTS = ("test", "val")  # the parts of a checkpoint's split that scripts/evaluate.py scores
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,22 @@ class Split:
     val: list[str]
     test: list[str]
     official: bool
+
+    def as_dict(self) -> dict:
+        """Plain lists and a bool, as checkpoints store them."""
+        return asdict(self)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict) -> "Split":
+        """The split a checkpoint was trained with, refusing a checkpoint that does not record one."""
+        saved = checkpoint.get("split")
+        parts = ("train", "val", "test")
+        if not isinstance(saved, dict) or not all(isinstance(saved.get(part), list) for part in parts):
+            raise UserError(
+                "the checkpoint does not record the ids of its train/val/test split (it predates that, or was not"
+                " written by scripts/train.py); score explicit folders with --images and --masks instead."
+            )
+        return cls(saved["train"], saved["val"], saved["test"], bool(saved.get("official")))
 
 
 def read_ids(path) -> list[str]:
@@ -48,3 +67,18 @@ def make_split(ids: list[str], val_fraction: float, seed: int) -> Split:
         official = False
     train_ids, val_ids = train_test_split(train_ids, test_size=val_fraction, random_state=seed)
     return Split(sorted(train_ids), sorted(val_ids), sorted(test_ids), official)
+
+
+def part_pairs(pairs, split: Split, part: str) -> list[tuple[str, Path, Path]]:
+    """The (id, image, mask) pairs of one part of `split`, refusing when the data lacks some of its ids."""
+    if part not in SCORED_PARTS:
+        raise UserError(f"--split must be {' or '.join(SCORED_PARTS)}, not {part!r}.")
+    by_id = {pair[0]: pair for pair in pairs}
+    wanted = getattr(split, part)
+    missing = [sample_id for sample_id in wanted if sample_id not in by_id]
+    if missing:
+        raise UserError(
+            f"the data found lacks {len(missing)} of the {len(wanted)} {part} images this checkpoint was split with"
+            f" (e.g. {missing[0]}); point --data-dir at the data it was trained on."
+        )
+    return [by_id[sample_id] for sample_id in wanted]

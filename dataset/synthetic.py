@@ -48,27 +48,3 @@ def zip_folder(folder, zip_path) -> Path:
         for path in sorted(folder.rglob("*")):
             archive.write(path, path.relative_to(folder.parent).as_posix())
     return zip_path
-
-
-def save_untrained_checkpoint(path, data_dir, image_size: int = 32, base_channels: int = 4, depth: int = 2) -> Path:
-    """A seeded, untrained tiny UNet saved in the format scripts/train.py writes (checked in test_train_script)."""
-    import torch
-
-    from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from model import UNet, save_checkpoint
-
-    torch.manual_seed(0)
-    model = UNet(3, 1, base_channels, depth)
-    config = dict(DATA_DIR=str(data_dir), IMAGE_SIZE=image_size, VAL_FRACTION=0.1, SEED=42)
-    save_checkpoint(
-        path,
-        {
-            "model_state": model.state_dict(),
-            "model_config": model.config,
-            "preprocessing": {"image_size": image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
-            "epoch": 1,
-            "metrics": {"val_dice": 0.0},
-            "config": config,
-        },
-    )
-    return Path(path)

@@ -1,19 +1,49 @@
-"""Checkpoints as plain dicts of tensors and Python values, saved atomically and loaded with weights_only=True.
+"""The checkpoint format, in one place: a plain dict of tensors and Python values, built by `model_checkpoint`,
+saved atomically and loaded with weights_only=True (nothing in it needs unpickling of arbitrary objects).
 
-A model checkpoint holds `model_state` (the state dict), `model_config` (UNet's constructor arguments),
-`preprocessing` (image size, normalisation mean and std), `epoch`, `metrics` and `config` (the training
-settings). Nothing in it needs unpickling of arbitrary objects.
+| key | content |
+| --- | --- |
+| `model_state` | the U-Net's state dict |
+| `model_config` | `in_channels`, `out_channels`, `base_channels`, `depth`: `build_unet(**model_config)` rebuilds it |
+| `preprocessing` | `image_size`, and the `mean` and `std` that normalise RGB images scaled to [0, 1] |
+| `epoch`, `metrics` | the epoch it was saved at and its validation scores |
+| `split` | the sample ids of the `train`, `val` and `test` parts, and whether the test ids are the `official` ones |
+| `config` | every training setting of the run, for the record |
+
+scripts/train.py's resumable state (`last.pth`) is such a checkpoint plus the optimizer, schedule and progress.
 """
 
+import math
 from pathlib import Path
 
 import torch
 
-from model.unet import UNet
-from utils.errors import UserError
-from utils.files import atomic_path
+from common.errors import UserError
+from common.files import atomic_path
+from dataset.splits import Split
+from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
+from model.unet import UNet, build_unet
 
 REQUIRED_KEYS = ("model_state", "model_config")
+MODEL_CONFIG_KEYS = ("in_channels", "out_channels", "base_channels", "depth")
+
+
+def cpu_state(module: torch.nn.Module) -> dict:
+    """The module's state dict as detached CPU tensors, for saving."""
+    return {name: value.detach().cpu() for name, value in module.state_dict().items()}
+
+
+def model_checkpoint(model: UNet, image_size: int, epoch: int, metrics: dict, split: Split, config: dict) -> dict:
+    """The portable checkpoint of `model`: its weights and everything needed to rebuild and feed it."""
+    return {
+        "model_state": cpu_state(model),
+        "model_config": dict(model.config),
+        "preprocessing": {"image_size": image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+        "epoch": epoch,
+        "metrics": metrics,
+        "split": split.as_dict(),
+        "config": config,
+    }
 
 
 def save_checkpoint(path, checkpoint: dict) -> None:
@@ -37,14 +67,43 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return checkpoint
 
 
-def build_model(checkpoint: dict, source="the checkpoint") -> UNet:
+def model_from_checkpoint(checkpoint: dict, source="the checkpoint") -> UNet:
     """A UNet with the checkpoint's architecture and weights, in eval mode, on the CPU."""
-    model = UNet(**checkpoint["model_config"])
+    config = checkpoint["model_config"]
+    problem = describe_bad_model_config(config)
+    if problem:
+        raise UserError(f"{source} has a malformed model_config ({problem}); it was not written by scripts/train.py.")
+    model = build_unet(**config)
     mismatch = describe_mismatch(model.state_dict(), checkpoint["model_state"])
     if mismatch:
-        raise UserError(f"{source}'s weights do not fit UNet({checkpoint['model_config']}): {mismatch}.")
+        raise UserError(f"{source}'s weights do not fit UNet({config}): {mismatch}.")
     model.load_state_dict(checkpoint["model_state"])
     return model.eval()
+
+
+def describe_bad_model_config(config) -> str | None:
+    """Why `config` cannot be UNet's constructor arguments (None when it can)."""
+    if not isinstance(config, dict):
+        return f"a {type(config).__name__}, not a dict"
+    if sorted(config) != sorted(MODEL_CONFIG_KEYS):
+        return f"keys {sorted(config)}, expected {list(MODEL_CONFIG_KEYS)}"
+    wrong = [key for key in MODEL_CONFIG_KEYS if type(config[key]) is not int or config[key] < 1]
+    return f"{wrong[0]} is {config[wrong[0]]!r}, not a positive whole number" if wrong else None
+
+
+def describe_bad_preprocessing(preprocessing) -> str | None:
+    """Why `preprocessing` cannot feed a model (None when it can): a size below 1, or a std that divides by 0."""
+    if not isinstance(preprocessing, dict) or not {"image_size", "mean", "std"} <= set(preprocessing):
+        return "it needs image_size, mean and std"
+    size, mean, std = preprocessing["image_size"], preprocessing["mean"], preprocessing["std"]
+    if type(size) is not int or size < 1:
+        return f"image_size is {size!r}"
+    channels = [*mean, *std] if isinstance(mean, list | tuple) and isinstance(std, list | tuple) else []
+    if len(channels) != 6 or not all(isinstance(value, int | float) and math.isfinite(value) for value in channels):
+        return "mean and std must be 3 finite numbers each"
+    if min(abs(value) for value in std) == 0:
+        return "std holds a 0"
+    return None
 
 
 def describe_mismatch(expected: dict, found) -> str | None:
@@ -69,4 +128,4 @@ def describe_mismatch(expected: dict, found) -> str | None:
 
 def load_model(path, device="cpu") -> UNet:
     """One line from a checkpoint file to a ready model: `model = load_model("models/unet_kvasirseg.pth")`."""
-    return build_model(load_checkpoint(path), source=path).to(device)
+    return model_from_checkpoint(load_checkpoint(path), source=path).to(device)

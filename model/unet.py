@@ -1,8 +1,13 @@
-"""U-Net (Ronneberger et al., 2015) built from small named parts, with BatchNorm and padding-safe skips."""
+"""U-Net (Ronneberger et al., 2015) built from small named parts, with BatchNorm and padding-safe skips,
+and `build_unet`, the one place a U-Net is made from its settings."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from common.errors import UserError
+
+MAX_PARAMETERS = 2_000_000_000  # 64x the default U-Net (31 M): its weights and AdamW state alone need 32 GB
 
 
 class DoubleConv(nn.Sequential):
@@ -73,3 +78,22 @@ class UNet(nn.Module):
         for up in self.ups:
             x = up(x, skips.pop())
         return self.outc(x)
+
+
+def smallest_input(depth: int) -> int:
+    """The smallest image side a U-Net of `depth` trains on: every level keeps at least 2x2 pixels
+    (BatchNorm needs more than one value per channel at the bottleneck)."""
+    return 2 ** (depth + 1)
+
+
+def build_unet(base_channels: int = 64, depth: int = 4, in_channels: int = 3, out_channels: int = 1) -> UNet:
+    """A U-Net of this architecture, refused with the parameter count when it is too large to train, before any
+    memory is allocated (it is first built on the meta device, which holds shapes only)."""
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in UNet(in_channels, out_channels, base_channels, depth).parameters())
+    if parameters > MAX_PARAMETERS:
+        raise UserError(
+            f"a U-Net of base width {base_channels} and depth {depth} has {parameters / 1e6:,.0f} M parameters, more"
+            f" than the {MAX_PARAMETERS / 1e6:,.0f} M this repository trains; lower BASE_CHANNELS or DEPTH."
+        )
+    return UNet(in_channels, out_channels, base_channels, depth)

@@ -26,13 +26,13 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.config import parse_config
+from common.device import autocast, autocast_dtype, configure_fast_path, resolve_device, synchronize
+from common.errors import UserError, run_main
+from common.files import write_text_atomic
 from dataset import kvasir, synthetic, transforms
 from dataset.segmentation import EpochSampler, PolypDataset, loader_options, worker_count
 from model import UNet
-from utils.config import parse_config
-from utils.device import autocast, autocast_dtype, configure_fast_path, resolve_device, synchronize
-from utils.errors import UserError, run_main
-from utils.files import write_text_atomic
 from utils.losses import bce_dice_loss
 from utils.training import make_optimizer, training_step
 

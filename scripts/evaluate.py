@@ -15,23 +15,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, model/, utils/ from anywhere
 
 
+from common.config import parse_config, script_constants
+from common.device import describe_device
+from common.errors import UserError, run_main
+from common.files import write_csv_atomic, write_text_atomic
 from dataset import kvasir
 from dataset.images import read_rgb
+from dataset.splits import Split, part_pairs
 from model import load_checkpoint
 from utils import inference  # as a module: its THRESHOLD is not a setting of this script
-from utils.config import parse_config, script_constants
-from utils.device import describe_device
-from utils.errors import UserError, run_main
-from utils.evaluation import (
-    GLOBAL_METRICS,
-    METRIC_LABELS,
-    METRICS,
-    SPLIT_PARTS,
-    checkpoint_split_pairs,
-    score_pairs,
-    summarize,
-)
-from utils.files import write_csv_atomic, write_text_atomic
+from utils.scoring import GLOBAL_METRICS, METRICS, score_pairs, summarize
 
 CHECKPOINT = "models/unet_kvasirseg.pth"  # the model to score
 DATA_DIR = "data"  # Kvasir-SEG as train.py gets it (downloaded into this folder when missing)
@@ -45,11 +38,20 @@ MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 on GPUs without bf16); ign
 CSV = "outputs/evaluation/per_image.csv"  # one row per image: id, width, height, metrics, pixel counts
 JSON = ""  # when set, also write the summary as JSON to this path
 
+METRIC_LABELS = {  # how the printed table names utils.scoring's METRICS
+    "dice": "Dice",
+    "iou": "IoU",
+    "precision": "precision",
+    "recall": "recall",
+    "f2": "F2",
+    "accuracy": "pixel accuracy",
+}
+
 
 def select_pairs(config: dict, checkpoint: dict) -> tuple[list[tuple[str, Path, Path]], str]:
     """The (id, image, mask) pairs to score and a description of where they come from.
 
-    Without IMAGES/MASKS: the SPLIT ids of the split train.py made with this checkpoint's VAL_FRACTION and SEED.
+    Without IMAGES/MASKS: the SPLIT part of the split recorded in the checkpoint, found in DATA_DIR.
     """
     if bool(config["IMAGES"]) != bool(config["MASKS"]):
         raise UserError("give both --images and --masks (a folder of images and a folder of their masks).")
@@ -59,14 +61,12 @@ def select_pairs(config: dict, checkpoint: dict) -> tuple[list[tuple[str, Path, 
                 raise UserError(f"--{flag.lower()} {config[flag]} is not a folder.")
         pairs = kvasir.pair_images_and_masks(config["IMAGES"], config["MASKS"])
         return pairs, f"all {len(pairs)} images of {config['IMAGES']}"
-    if config["SPLIT"] not in SPLIT_PARTS:
-        raise UserError(f"--split must be {' or '.join(SPLIT_PARTS)}, not {config['SPLIT']!r}.")
-    pairs, split = checkpoint_split_pairs(config["DATA_DIR"], checkpoint, config["SPLIT"])
-    seed = checkpoint["config"]["SEED"]
+    split = Split.from_checkpoint(checkpoint)
+    pairs = part_pairs(kvasir.prepare_kvasir_seg(config["DATA_DIR"]), split, config["SPLIT"])
     if config["SPLIT"] == "val":
-        kind = f"validation carve-out (seed {seed}) the checkpoint was chosen on"
+        kind = "validation carve-out the checkpoint was chosen on"
     else:
-        kind = "official Kvasir-SEG test split" if split.official else f"seeded test split (seed {seed})"
+        kind = "official Kvasir-SEG test split" if split.official else "seeded test split"
     return pairs, f"the {len(pairs)} images of the {kind}"
 
 

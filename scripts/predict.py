@@ -14,12 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, m
 
 from tqdm import tqdm
 
+from common.config import parse_config, script_constants
+from common.device import describe_device
+from common.errors import UserError, run_main
 from dataset.images import read_rgb, write_png
 from dataset.kvasir import list_images
 from utils import inference  # as a module: its THRESHOLD is not a setting of this script
-from utils.config import parse_config, script_constants
-from utils.device import describe_device
-from utils.errors import UserError, run_main
 from utils.visualization import overlay_mask
 
 CHECKPOINT = "models/unet_kvasirseg.pth"  # the model to predict with

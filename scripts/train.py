@@ -8,9 +8,11 @@
 Every UPPER_CASE constant below can be edited here or given as a flag (IMAGE_SIZE -> --image-size).
 """
 
+import functools
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, model/, utils/ from anywhere
@@ -20,19 +22,21 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader
 from tqdm import tqdm
 
+from common.config import parse_config, script_constants
+from common.device import autocast, autocast_dtype, configure_fast_path, resolve_device
+from common.errors import UserError, run_main
+from common.files import exclusive_lock, remove_stale_temporaries, write_csv_atomic
+from common.interrupt import StopRequest
 from dataset import kvasir, transforms
 from dataset.segmentation import EpochSampler, PolypDataset, loader_options, worker_count
-from dataset.splits import make_split
-from model import UNet, load_checkpoint, save_checkpoint
-from utils.config import parse_config, script_constants
-from utils.device import autocast, autocast_dtype, configure_fast_path, resolve_device
-from utils.errors import UserError, run_main
-from utils.evaluation import evaluate
-from utils.files import exclusive_lock, remove_stale_temporaries, write_csv_atomic
-from utils.interrupt import StopRequest
+from dataset.splits import Split, make_split
+from model import build_unet, load_checkpoint, model_checkpoint, save_checkpoint
+from model.checkpoint import cpu_state
+from model.unet import smallest_input
 from utils.losses import bce_dice_loss
 from utils.metrics import binarize
-from utils.training import make_optimizer, training_step
+from utils.training import learning_rate_factor, make_optimizer, set_learning_rate, training_step
+from utils.validation import validate
 from utils.visualization import panel_figure, save_figure
 
 # ----------------------------------------------------------------------------------------------------------
@@ -88,7 +92,6 @@ PRESETS = {
     "cpu-quick": dict(IMAGE_SIZE=128, BASE_CHANNELS=16, EPOCHS=5, WARMUP_EPOCHS=1, DEVICE="cpu"),  # a laptop smoke run
 }
 RUNTIME_SETTINGS = ("DEVICE", "NUM_WORKERS", "COMPILE", "THREADS", "SHOW_PANELS", "RESUME")  # may differ when resuming
-RESUMABLE_KEYS = ("step", "optimizer_state", "scheduler_state", "scaler_state", "rng_state", "history", "best_dice")
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -107,8 +110,8 @@ def check_settings(config: dict) -> None:
         (0 < config["VAL_FRACTION"] < 1, "VAL_FRACTION must be between 0 and 1 (exclusive)"),
         (config["DEPTH"] >= 1 and config["BASE_CHANNELS"] >= 1, "DEPTH and BASE_CHANNELS must be at least 1"),
         (
-            config["IMAGE_SIZE"] >= 2 ** (config["DEPTH"] + 1),
-            f"IMAGE_SIZE must be at least {2 ** (config['DEPTH'] + 1)} for a U-Net of DEPTH {config['DEPTH']}",
+            config["IMAGE_SIZE"] >= smallest_input(config["DEPTH"]),
+            f"IMAGE_SIZE must be at least {smallest_input(config['DEPTH'])} for a U-Net of DEPTH {config['DEPTH']}",
         ),
         (
             config["AUGMENTATION"] in transforms.AUGMENTATIONS,
@@ -126,7 +129,70 @@ def check_settings(config: dict) -> None:
             raise UserError(f"{message}.")
 
 
-def load_resumable(path: Path) -> dict:
+# --- the training state: what `save_training_state` writes is exactly what `restore_training_state` reads ---
+
+
+@dataclass
+class Training:
+    """What the optimisation changes: the weights, their moving average (or None), the optimizer, the loss scaler."""
+
+    model: torch.nn.Module
+    ema: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights that are validated, shown in the panels and saved as the best model."""
+        return self.ema.module if self.ema else self.model
+
+
+@dataclass
+class Progress:
+    """Where the run stands: `step` steps of `epoch` are done, with these losses; the history of finished epochs."""
+
+    epoch: int
+    step: int
+    step_losses: torch.Tensor  # the loss of each step of `epoch`, on the training device
+    history: list[dict] = field(default_factory=list)
+    best_dice: float = -1.0
+
+
+def save_training_state(path: Path, training: Training, progress: Progress, image_size: int, split, config) -> None:
+    """Write everything needed to continue exactly at `progress` (the start of its next step) to `path`."""
+    history = progress.history
+    state = model_checkpoint(training.model, image_size, progress.epoch, history[-1] if history else {}, split, config)
+    if training.ema:
+        state["ema_state"] = cpu_state(training.ema)
+    state.update(
+        step=progress.step,
+        step_losses=progress.step_losses.cpu(),
+        history=history,
+        best_dice=progress.best_dice,
+        optimizer_state=training.optimizer.state_dict(),
+        scaler_state=training.scaler.state_dict(),
+        rng_state=torch.get_rng_state(),
+    )
+    save_checkpoint(path, state)
+
+
+def restore_training_state(state: dict, training: Training, device: torch.device) -> Progress:
+    """Load a state written by `save_training_state` into `training`; return the progress it was saved at."""
+    training.model.load_state_dict(state["model_state"])
+    if training.ema:
+        training.ema.load_state_dict(state["ema_state"])
+    training.optimizer.load_state_dict(state["optimizer_state"])
+    training.scaler.load_state_dict(state["scaler_state"])
+    torch.set_rng_state(state["rng_state"])
+    return Progress(
+        state["epoch"], state["step"], state["step_losses"].to(device), state["history"], state["best_dice"]
+    )
+
+
+RESUMABLE_KEYS = ("step", "step_losses", "history", "best_dice", "optimizer_state", "scaler_state", "rng_state")
+
+
+def load_training_state(path: Path) -> dict:
     """The training state saved in `path` by an earlier run, with a clear error when there is none to resume."""
     if not path.is_file():
         raise UserError(
@@ -140,25 +206,118 @@ def load_resumable(path: Path) -> dict:
     return state
 
 
-def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
-    """Multiplier of LEARNING_RATE at a step: linear warm-up, then constant or cosine decay to zero."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "cosine":
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return 1.0
+# --- setting up --------------------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    # --- settings ---------------------------------------------------------------------------------------
-    defaults = script_constants(globals())  # PRESETS, RUNTIME_SETTINGS and RESUMABLE_KEYS are not settings
-    config = parse_config(defaults, description=__doc__, presets=PRESETS)
-    output_dir = Path(config["OUTPUT_DIR"])
+@dataclass
+class TrainingData:
+    """The loaders of one run and the fixed validation images its panels show."""
+
+    split: Split
+    sampler: EpochSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    panel_images: torch.Tensor
+    panel_masks: torch.Tensor
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader.batch_sampler.sampler) // self.train_loader.batch_sampler.batch_size
+
+
+def prepare_data(config: dict, device: torch.device) -> TrainingData:
+    """Get Kvasir-SEG, split it, and build the augmented training loader and the validation loader."""
+    pairs = kvasir.prepare_kvasir_seg(config["DATA_DIR"], config["DATA_URL"])
+    split = make_split([sample_id for sample_id, _, _ in pairs], config["VAL_FRACTION"], config["SEED"])
+    print(f"split: {len(split.train)} train / {len(split.val)} validation / {len(split.test)} test (held out)")
+    by_id = {pair[0]: pair for pair in pairs}
+    cache_dir = Path(config["DATA_DIR"]) / "cache" if config["CACHE"] else None
+    augment, no_augment = transforms.build_transform(config["AUGMENTATION"]), transforms.build_transform("none")
+    train_set = PolypDataset([by_id[i] for i in split.train], config["IMAGE_SIZE"], augment, cache_dir)
+    val_set = PolypDataset([by_id[i] for i in split.val], config["IMAGE_SIZE"], no_augment, cache_dir)
+    if len(train_set) < config["BATCH_SIZE"]:
+        raise UserError(f"BATCH_SIZE {config['BATCH_SIZE']} exceeds the {len(train_set)} training images.")
+    sampler = EpochSampler(len(train_set), config["SEED"])
+    options = loader_options(worker_count(config["NUM_WORKERS"]), device)
+    batches = BatchSampler(sampler, config["BATCH_SIZE"], drop_last=True)
+    panel_samples = [val_set[i] for i in range(min(config["PANEL_IMAGES"], len(val_set)))]
+    return TrainingData(
+        split,
+        sampler,
+        DataLoader(train_set, batch_sampler=batches, **options),
+        DataLoader(val_set, batch_size=2 * config["BATCH_SIZE"], **options),
+        torch.stack([image for image, _ in panel_samples]),
+        torch.stack([mask for _, mask in panel_samples]),
+    )
+
+
+def prepare_training(config: dict, device: torch.device, memory_format, amp_dtype) -> Training:
+    """The seeded U-Net on `device`, its weight average when EMA_DECAY > 0, the optimizer and the loss scaler."""
+    torch.manual_seed(config["SEED"])
+    model = build_unet(config["BASE_CHANNELS"], config["DEPTH"]).to(device, memory_format=memory_format)
+    ema = None
+    if config["EMA_DECAY"]:  # a shadow copy; batch-norm statistics are averaged like the weights
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["EMA_DECAY"]), use_buffers=True)
+    optimizer = make_optimizer(
+        model.parameters(), config["OPTIMIZER"], config["LEARNING_RATE"], config["WEIGHT_DECAY"], device
+    )
+    return Training(model, ema, optimizer, torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16))
+
+
+# --- at the end of an epoch ----------------------------------------------------------------------------------------
+
+
+def check_finite(progress: Progress, checkpoint_path) -> None:
+    """Stop on a NaN/inf loss, naming where it first appeared; checked once per epoch, not with a sync per step."""
+    bad = (~torch.isfinite(progress.step_losses[: progress.step])).nonzero()
+    if len(bad):
+        raise UserError(
+            f"the training loss became non-finite at epoch {progress.epoch}, step {int(bad[0]) + 1}; nothing from"
+            f" this epoch was saved ({checkpoint_path} keeps the best earlier model)."
+            " Try a lower --learning-rate or --no-mixed-precision."
+        )
+
+
+def history_row(progress: Progress, validation: dict, learning_rate: float, seconds: float) -> dict:
+    """One line of history.csv for the epoch `progress` has just finished."""
+    return {
+        "epoch": progress.epoch,
+        "train_loss": progress.step_losses.mean().item(),
+        "val_loss": validation["loss"],
+        "val_dice": validation["dice"],
+        "val_iou": validation["iou"],
+        "learning_rate": learning_rate,
+        "seconds": round(seconds, 2),
+    }
+
+
+def epoch_line(row: dict, improved: bool) -> str:
+    """The line printed after each epoch."""
+    return (
+        f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}"
+        f"  val Dice {row['val_dice']:.4f}  val IoU {row['val_iou']:.4f}  ({row['seconds']:.1f} s)"
+        + ("  * best, saved" if improved else "")
+    )
+
+
+def save_panels(model, data: TrainingData, device, memory_format, amp_dtype, path: Path, epoch: int, show: bool):
+    """Predict the fixed validation images and save input / ground truth / prediction panels."""
+    with torch.inference_mode(), autocast(device, amp_dtype):
+        predictions = binarize(model(data.panel_images.to(device, memory_format=memory_format)))
+    figure = panel_figure(data.panel_images, data.panel_masks, predictions, f"epoch {epoch}: validation images")
+    save_figure(figure, path, show)
+
+
+# --- the run -------------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    # Settings: the constants above, then a preset, then the flags; --resume continues with the saved run's settings.
+    config = parse_config(script_constants(globals()), description=__doc__, presets=PRESETS)
+    output_dir, checkpoint_path = Path(config["OUTPUT_DIR"]), Path(config["CHECKPOINT_PATH"])
     last_path = output_dir / "last.pth"
-    resumed = None
-    if config["RESUME"]:
-        resumed = load_resumable(last_path)
+    resumed = load_training_state(last_path) if config["RESUME"] else None
+    if resumed:
         config = {**resumed["config"], **{name: config[name] for name in RUNTIME_SETTINGS}}
         print(f"resuming from {last_path} (epoch {resumed['epoch']}, step {resumed['step']}) with its settings")
     check_settings(config)
@@ -169,11 +328,10 @@ def main() -> None:
     if config["THREADS"]:
         torch.set_num_threads(config["THREADS"])
     output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = Path(config["CHECKPOINT_PATH"])
 
     with (
         exclusive_lock(output_dir / "train.lock", str(output_dir)),
-        exclusive_lock(checkpoint_path.with_suffix(".lock"), config["CHECKPOINT_PATH"]),
+        exclusive_lock(checkpoint_path.with_suffix(".lock"), str(checkpoint_path)),
     ):
         for folder, name in (
             (output_dir, "*"),
@@ -181,180 +339,87 @@ def main() -> None:
             (checkpoint_path.parent, checkpoint_path.name),
         ):
             remove_stale_temporaries(folder, name)  # left by a run killed mid-write; never read, only tidied
-        # --- data -----------------------------------------------------------------------------------------
-        pairs = kvasir.prepare_kvasir_seg(config["DATA_DIR"], config["DATA_URL"])
-        split = make_split([sample_id for sample_id, _, _ in pairs], config["VAL_FRACTION"], config["SEED"])
-        by_id = {pair[0]: pair for pair in pairs}
-        print(f"split: {len(split.train)} train / {len(split.val)} validation / {len(split.test)} test (held out)")
-        cache_dir = Path(config["DATA_DIR"]) / "cache" if config["CACHE"] else None
-        train_set = PolypDataset(
-            [by_id[i] for i in split.train],
-            config["IMAGE_SIZE"],
-            transforms.build_transform(config["AUGMENTATION"]),
-            cache_dir,
+        data = prepare_data(config, device)
+        training = prepare_training(config, device, memory_format, amp_dtype)
+        train_model = torch.compile(training.model) if config["COMPILE"] else training.model  # shares the weights
+        loss_fn = functools.partial(bce_dice_loss, bce_weight=config["BCE_WEIGHT"], dice_weight=config["DICE_WEIGHT"])
+        steps_per_epoch, epochs = data.steps_per_epoch, config["EPOCHS"]
+        schedule = functools.partial(
+            learning_rate_factor,
+            warmup_steps=config["WARMUP_EPOCHS"] * steps_per_epoch,
+            total_steps=epochs * steps_per_epoch,
+            schedule=config["SCHEDULE"],
         )
-        val_set = PolypDataset(
-            [by_id[i] for i in split.val], config["IMAGE_SIZE"], transforms.build_transform("none"), cache_dir
-        )
-        if len(train_set) < config["BATCH_SIZE"]:
-            raise UserError(f"BATCH_SIZE {config['BATCH_SIZE']} exceeds the {len(train_set)} training images.")
-        sampler = EpochSampler(len(train_set), config["SEED"])
-        options = loader_options(worker_count(config["NUM_WORKERS"]), device)
-        train_loader = DataLoader(
-            train_set, batch_sampler=BatchSampler(sampler, config["BATCH_SIZE"], drop_last=True), **options
-        )
-        val_loader = DataLoader(val_set, batch_size=2 * config["BATCH_SIZE"], **options)
-        panel_batch = [val_set[i] for i in range(min(config["PANEL_IMAGES"], len(val_set)))]
-        panel_images = torch.stack([image for image, _ in panel_batch])
-        panel_masks = torch.stack([mask for _, mask in panel_batch])
+        if resumed:
+            progress = restore_training_state(resumed, training, device)
+        else:
+            progress = Progress(epoch=1, step=0, step_losses=torch.zeros(steps_per_epoch, device=device))
+        parameters = sum(p.numel() for p in training.model.parameters())
+        print(f"training {parameters / 1e6:.2f} M parameters for {steps_per_epoch * epochs} steps")
 
-        # --- model and optimiser ------------------------------------------------------------------------
-        torch.manual_seed(config["SEED"])
-        model = UNet(3, 1, config["BASE_CHANNELS"], config["DEPTH"]).to(device, memory_format=memory_format)
-        train_model = torch.compile(model) if config["COMPILE"] else model  # shares the weights of `model`
-        ema = None
-        if config["EMA_DECAY"]:  # a shadow copy; batch-norm statistics are averaged like the weights
-            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["EMA_DECAY"]), use_buffers=True)
-        eval_model = ema.module if ema else model  # validated, shown in the panels and saved as the best model
-        optimizer = make_optimizer(
-            model.parameters(), config["OPTIMIZER"], config["LEARNING_RATE"], config["WEIGHT_DECAY"], device
-        )
-        steps_per_epoch = len(train_set) // config["BATCH_SIZE"]
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: learning_rate_factor(
-                step, config["WARMUP_EPOCHS"] * steps_per_epoch, config["EPOCHS"] * steps_per_epoch, config["SCHEDULE"]
-            ),
-        )
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-        def loss_fn(logits, masks):
-            return bce_dice_loss(logits, masks, config["BCE_WEIGHT"], config["DICE_WEIGHT"])
-
-        start_epoch, start_step, history, best_dice = 1, 0, [], -1.0
-        step_losses = torch.zeros(steps_per_epoch, device=device)
-        if resumed is not None:
-            model.load_state_dict(resumed["model_state"])
-            if ema:
-                ema.load_state_dict(resumed["ema_state"])
-            optimizer.load_state_dict(resumed["optimizer_state"])
-            scheduler.load_state_dict(resumed["scheduler_state"])
-            scaler.load_state_dict(resumed["scaler_state"])
-            torch.set_rng_state(resumed["rng_state"])
-            start_epoch, start_step = resumed["epoch"], resumed["step"]
-            history, best_dice = resumed["history"], resumed["best_dice"]
-            step_losses.copy_(resumed["step_losses"])
-
-        def cpu_state(module: torch.nn.Module) -> dict:
-            """The module's state dict as detached CPU tensors, for saving."""
-            return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-
-        def model_checkpoint(weights: torch.nn.Module, epoch: int, metrics: dict) -> dict:
-            """The portable checkpoint: the weights of `weights` plus everything needed to rebuild and feed it."""
-            return {
-                "model_state": cpu_state(weights),
-                "model_config": model.config,
-                "preprocessing": {
-                    "image_size": config["IMAGE_SIZE"],
-                    "mean": transforms.IMAGENET_MEAN,
-                    "std": transforms.IMAGENET_STD,
-                },
-                "epoch": epoch,
-                "metrics": metrics,
-                "config": config,
-            }
-
-        def save_resumable(epoch: int, step: int) -> None:
-            """Everything needed to continue exactly from `step` of `epoch` (the start of the next step)."""
-            state = model_checkpoint(model, epoch, history[-1] if history else {})
-            if ema:
-                state["ema_state"] = cpu_state(ema)
-            state.update(
-                step=step,
-                optimizer_state=optimizer.state_dict(),
-                scheduler_state=scheduler.state_dict(),
-                scaler_state=scaler.state_dict(),
-                rng_state=torch.get_rng_state(),
-                history=history,
-                best_dice=best_dice,
-                step_losses=step_losses.cpu(),
-            )
-            save_checkpoint(last_path, state)
-
-        def check_finite(epoch: int, steps_done: int) -> None:
-            """Stop on a NaN/inf loss, naming where it first appeared; checked without a per-step sync."""
-            bad = (~torch.isfinite(step_losses[:steps_done])).nonzero()
-            if len(bad):
-                raise UserError(
-                    f"the training loss became non-finite at epoch {epoch}, step {int(bad[0]) + 1}; nothing from"
-                    f" this epoch was saved ({config['CHECKPOINT_PATH']} keeps the best earlier model)."
-                    " Try a lower --learning-rate or --no-mixed-precision."
-                )
-
-        def save_and_exit(epoch: int, step: int, exit_status: int) -> None:
-            """Save the state at the start of `step` of `epoch`, then exit (128 + signal number, by convention)."""
-            save_resumable(epoch, step)
-            print(f"saved the state at epoch {epoch} step {step} to {last_path}; continue with --resume")
-            sys.exit(exit_status)
-
-        # --- training loop ------------------------------------------------------------------------------
-        total_steps = steps_per_epoch * config["EPOCHS"]
-        print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters for {total_steps} steps")
         with StopRequest() as stop:
-            for epoch in range(start_epoch, config["EPOCHS"] + 1):
-                model.train()
+            while progress.epoch <= epochs and not stop.requested:
                 epoch_start = time.perf_counter()
-                sampler.set_epoch(epoch, skip=start_step * config["BATCH_SIZE"])
-                progress = tqdm(train_loader, desc=f"epoch {epoch}/{config['EPOCHS']}", leave=False, unit="batch")
-                for step, (images, masks) in enumerate(progress, start=start_step):
+                training.model.train()
+                data.sampler.set_epoch(progress.epoch, skip=progress.step * config["BATCH_SIZE"])
+                bar = tqdm(data.train_loader, desc=f"epoch {progress.epoch}/{epochs}", leave=False, unit="batch")
+                for images, masks in bar:
+                    step = (progress.epoch - 1) * steps_per_epoch + progress.step
+                    set_learning_rate(training.optimizer, config["LEARNING_RATE"] * schedule(step))
                     images = images.to(device, non_blocking=True, memory_format=memory_format)
                     masks = masks.to(device, non_blocking=True)
-                    step_losses[step] = training_step(train_model, images, masks, loss_fn, optimizer, scaler, amp_dtype)
-                    scheduler.step()
-                    if ema:
-                        ema.update_parameters(model)
-                    if step % 10 == 0:
-                        progress.set_postfix(loss=f"{step_losses[step].item():.4f}")
+                    loss = training_step(
+                        train_model, images, masks, loss_fn, training.optimizer, training.scaler, amp_dtype
+                    )
+                    progress.step_losses[progress.step] = loss
+                    progress.step += 1
+                    if training.ema:
+                        training.ema.update_parameters(training.model)
                     if stop.requested:
-                        check_finite(epoch, step + 1)
-                        save_and_exit(epoch, step + 1, stop.exit_status)
-                start_step = 0
-                check_finite(epoch, steps_per_epoch)
+                        break
+                check_finite(progress, checkpoint_path)
+                if progress.step < steps_per_epoch:
+                    break  # stopped mid-epoch: saved below, at this step
 
-                val = evaluate(eval_model, val_loader, loss_fn, device, amp_dtype)
-                history.append(
-                    {
-                        "epoch": epoch,
-                        "train_loss": step_losses.mean().item(),
-                        "val_loss": val["loss"],
-                        "val_dice": val["dice"],
-                        "val_iou": val["iou"],
-                        "learning_rate": scheduler.get_last_lr()[0],
-                        "seconds": round(time.perf_counter() - epoch_start, 2),
-                    }
-                )
-                row = history[-1]
-                improved = row["val_dice"] > best_dice
-                print(
-                    f"epoch {epoch:3d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}"
-                    f"  val Dice {row['val_dice']:.4f}  val IoU {row['val_iou']:.4f}  ({row['seconds']:.1f} s)"
-                    + ("  * best, saved" if improved else "")
-                )
-                write_csv_atomic(output_dir / "history.csv", history)
+                validation = validate(training.evaluated, data.val_loader, loss_fn, device, amp_dtype)
+                learning_rate = config["LEARNING_RATE"] * schedule(progress.epoch * steps_per_epoch)
+                row = history_row(progress, validation, learning_rate, time.perf_counter() - epoch_start)
+                improved = row["val_dice"] > progress.best_dice
+                progress.history.append(row)
+                print(epoch_line(row, improved))
+                write_csv_atomic(output_dir / "history.csv", progress.history)
                 if improved:
-                    best_dice = row["val_dice"]
-                    save_checkpoint(config["CHECKPOINT_PATH"], model_checkpoint(eval_model, epoch, row))
+                    progress.best_dice = row["val_dice"]
+                    checkpoint = model_checkpoint(
+                        training.evaluated, config["IMAGE_SIZE"], progress.epoch, row, data.split, config
+                    )
+                    save_checkpoint(checkpoint_path, checkpoint)
+                if progress.epoch % config["PANEL_EVERY"] == 0 or progress.epoch == epochs:
+                    panel_path = output_dir / "panels" / f"epoch_{progress.epoch:03d}.png"
+                    save_panels(
+                        training.evaluated,
+                        data,
+                        device,
+                        memory_format,
+                        amp_dtype,
+                        panel_path,
+                        progress.epoch,
+                        config["SHOW_PANELS"],
+                    )
+                progress.epoch, progress.step = progress.epoch + 1, 0
+                if not stop.requested:  # a stop saves once, below
+                    save_training_state(last_path, training, progress, config["IMAGE_SIZE"], data.split, config)
 
-                if epoch % config["PANEL_EVERY"] == 0 or epoch == config["EPOCHS"]:
-                    with torch.inference_mode(), autocast(device, amp_dtype):
-                        predictions = binarize(eval_model(panel_images.to(device, memory_format=memory_format)))
-                    figure = panel_figure(panel_images, panel_masks, predictions, f"epoch {epoch}: validation images")
-                    save_figure(figure, output_dir / "panels" / f"epoch_{epoch:03d}.png", config["SHOW_PANELS"])
-                if stop.requested and epoch < config["EPOCHS"]:
-                    save_and_exit(epoch + 1, 0, stop.exit_status)
-                save_resumable(epoch + 1, 0)
-
-        print(f"best validation Dice {best_dice:.4f}; model saved to {config['CHECKPOINT_PATH']}")
+        if stop.requested:  # Ctrl-C or SIGTERM: keep the state after the last step taken
+            save_training_state(last_path, training, progress, config["IMAGE_SIZE"], data.split, config)
+            if progress.epoch <= epochs:
+                print(
+                    f"saved the state at epoch {progress.epoch} step {progress.step} to {last_path};"
+                    " continue with --resume"
+                )
+                return stop.exit_status
+    print(f"best validation Dice {progress.best_dice:.4f}; model saved to {checkpoint_path}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import DatasetError
 from dataset import cache
 from dataset.cache import cached_arrays
 from dataset.images import load_pair, read_mask, read_rgb
-from dataset.kvasir import DatasetError, prepare_kvasir_seg
+from dataset.kvasir import prepare_kvasir_seg
 from dataset.segmentation import EpochSampler, PolypDataset
 from dataset.transforms import build_transform
 

@@ -1,4 +1,4 @@
-"""scripts/evaluate.py and utils/evaluation.py: hand-computed scores at each mask's own (odd, non-square) size."""
+"""scripts/evaluate.py and utils/scoring.py: hand-computed scores at each mask's own (odd, non-square) size."""
 
 import csv
 import json
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import UserError
 from dataset.kvasir import pair_images_and_masks, prepare_kvasir_seg
 from dataset.splits import make_split
-from dataset.synthetic import save_untrained_checkpoint
+from tests.checkpoints import save_untrained_checkpoint
 from tests.scripts import load_script, run_script
-from utils.errors import UserError
-from utils.evaluation import score_pairs, summarize
 from utils.inference import Predictor
+from utils.scoring import score_pairs, summarize
 
 PREPROCESSING = {"image_size": 32, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
 
@@ -112,14 +112,18 @@ def test_images_without_masks_are_refused(tmp_path):
         evaluate.select_pairs({"IMAGES": str(tmp_path), "MASKS": str(tmp_path / "missing")}, {})
 
 
-SPLIT_SETTINGS = {"config": {"VAL_FRACTION": 0.1, "SEED": 42}}  # what select_pairs reads from a checkpoint
+def split_checkpoint(data_dir) -> dict:
+    """What select_pairs reads from a checkpoint: the split train.py made of `data_dir` (VAL_FRACTION 0.1, SEED 42)."""
+    split = make_split(sorted(sample_id for sample_id, _, _ in prepare_kvasir_seg(data_dir)), 0.1, 42)
+    return {"split": split.as_dict()}
 
 
 @pytest.mark.parametrize("part", ["test", "val"])
 def test_split_setting_selects_the_checkpoints_own_split(kvasir_dir, part):
     evaluate = load_script("evaluate")
+    checkpoint = split_checkpoint(kvasir_dir)
     pairs, source = evaluate.select_pairs(
-        {"SPLIT": part, "IMAGES": "", "MASKS": "", "DATA_DIR": kvasir_dir}, SPLIT_SETTINGS
+        {"SPLIT": part, "IMAGES": "", "MASKS": "", "DATA_DIR": kvasir_dir}, checkpoint
     )
     split = make_split(sorted(sample_id for sample_id, _, _ in prepare_kvasir_seg(kvasir_dir)), 0.1, 42)
     assert [sample_id for sample_id, _, _ in pairs] == getattr(split, part)
@@ -128,8 +132,9 @@ def test_split_setting_selects_the_checkpoints_own_split(kvasir_dir, part):
 
 def test_unknown_split_is_refused(kvasir_dir):
     evaluate = load_script("evaluate")
+    settings = {"SPLIT": "train", "IMAGES": "", "MASKS": "", "DATA_DIR": kvasir_dir}
     with pytest.raises(UserError, match="--split must be test or val"):
-        evaluate.select_pairs({"SPLIT": "train", "IMAGES": "", "MASKS": "", "DATA_DIR": kvasir_dir}, SPLIT_SETTINGS)
+        evaluate.select_pairs(settings, split_checkpoint(kvasir_dir))
 
 
 def test_script_writes_table_csv_and_json_that_agree(kvasir_dir, tmp_path):

@@ -4,10 +4,11 @@ import shutil
 
 import pytest
 
+from common.errors import DatasetError
 from dataset import download, kvasir
 from dataset.archive import ArchiveError
 from dataset.download import DownloadError
-from dataset.kvasir import DatasetError, pair_images_and_masks, prepare_kvasir_seg
+from dataset.kvasir import pair_images_and_masks, prepare_kvasir_seg
 from dataset.synthetic import make_kvasir_folder, zip_folder
 
 

@@ -5,8 +5,8 @@ import argparse
 import pytest
 import torch
 
+from common.errors import UserError
 from model import UNet, load_checkpoint, load_model, save_checkpoint
-from utils.errors import UserError
 
 
 @pytest.mark.parametrize("size", [(32, 32), (37, 53), (64, 48), (17, 16)])

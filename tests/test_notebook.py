@@ -3,7 +3,7 @@
 import nbformat
 from nbclient import NotebookClient
 
-from dataset.synthetic import save_untrained_checkpoint
+from tests.checkpoints import save_untrained_checkpoint
 from tests.scripts import REPO
 
 NOTEBOOK = REPO / "notebooks" / "explore_predictions.ipynb"

@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from dataset.synthetic import save_untrained_checkpoint
+from common.errors import UserError
+from tests.checkpoints import save_untrained_checkpoint
 from tests.scripts import load_script, run_script
-from utils.errors import UserError
 
 INPUTS = {  # name: (file name, channels, height, width)
     "grey": ("grey.png", 1, 37, 53),

@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
+from common.files import exclusive_lock
+from common.interrupt import StopRequest
 from dataset.synthetic import make_kvasir_folder
 from tests.scripts import REPO
 from tests.train_runs import command_line, error_line, read_history, train_in_process
-from utils.files import exclusive_lock
-from utils.interrupt import StopRequest
 
 # long enough that a signal after epoch 1 lands mid-run; with the weight average, whose state must resume too
 EPOCHS = ["--epochs", "10", "--panel-every", "100", "--ema-decay", "0.9"]

@@ -45,7 +45,7 @@ def test_checkpoint_reproduces_its_validation_dice_in_a_fresh_process(trained):
         from dataset.splits import make_split
         from dataset.transforms import build_transform
         from model import load_checkpoint, load_model
-        from utils.evaluation import evaluate
+        from utils.validation import validate
         from utils.losses import bce_dice_loss
 
         path = {str(tmp_path / "run" / "best.pth")!r}
@@ -54,7 +54,7 @@ def test_checkpoint_reproduces_its_validation_dice_in_a_fresh_process(trained):
         pairs = {{p[0]: p for p in prepare_kvasir_seg(config["DATA_DIR"])}}
         split = make_split(sorted(pairs), config["VAL_FRACTION"], config["SEED"])
         val = PolypDataset([pairs[i] for i in split.val], config["IMAGE_SIZE"], build_transform("none"))
-        scores = evaluate(model, DataLoader(val, batch_size=3), bce_dice_loss, torch.device("cpu"))
+        scores = validate(model, DataLoader(val, batch_size=3), bce_dice_loss, torch.device("cpu"))
         print(repr(scores["dice"]), repr(checkpoint["metrics"]["val_dice"]))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)

@@ -5,8 +5,8 @@ import csv
 import io
 import sys
 
+from common.errors import run_main
 from tests.scripts import load_script, run_script
-from utils.errors import run_main
 
 TINY = ["--image-size", "32", "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--num-workers", "0"]
 train_script = load_script("train")

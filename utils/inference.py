@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import build_model, load_checkpoint
-from utils.device import autocast, autocast_dtype, configure_fast_path, resolve_device, synchronize
-from utils.errors import UserError
+from common.device import autocast, autocast_dtype, configure_fast_path, resolve_device, synchronize
+from common.errors import UserError
+from model.checkpoint import describe_bad_preprocessing, load_checkpoint, model_from_checkpoint
 
 THRESHOLD = 0.5  # a pixel is polyp when its probability exceeds this
 TTA_FLIPS = ((), (3,), (2,))  # identity, horizontal flip, vertical flip (dims of an [N, C, H, W] batch)
@@ -52,12 +52,14 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, checkpoint, device="auto", mixed_precision: bool = True, tta: bool = False):
         """Build from a checkpoint dict or path; `device` is auto | cpu | cuda | cuda:N, bf16/fp16 autocast on CUDA."""
+        source = "the checkpoint" if isinstance(checkpoint, dict) else checkpoint
         checkpoint = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-        if "preprocessing" not in checkpoint:
-            raise UserError("the checkpoint lacks its `preprocessing` (image size, mean, std); retrain with train.py.")
+        problem = describe_bad_preprocessing(checkpoint.get("preprocessing"))
+        if problem:
+            raise UserError(f"{source} has unusable preprocessing settings ({problem}); retrain with train.py.")
         device = resolve_device(device) if isinstance(device, str) else device
         amp_dtype = autocast_dtype(device) if mixed_precision else None
-        return cls(build_model(checkpoint), checkpoint["preprocessing"], device, amp_dtype, tta)
+        return cls(model_from_checkpoint(checkpoint, source), checkpoint["preprocessing"], device, amp_dtype, tta)
 
     def prepare(self, images: list[np.ndarray]) -> torch.Tensor:
         """A normalised batch [N, 3, S, S] on the predictor's device."""

@@ -1,8 +1,10 @@
-"""The training step shared by scripts/train.py and scripts/benchmark.py, and its optimizer."""
+"""The training step shared by scripts/train.py and scripts/benchmark.py, its optimizer and learning-rate schedule."""
+
+import math
 
 import torch
 
-from utils.device import autocast
+from common.device import autocast
 
 
 def make_optimizer(parameters, name: str, learning_rate: float, weight_decay: float, device: torch.device):
@@ -21,3 +23,19 @@ def training_step(model, images, masks, loss_fn, optimizer, scaler, amp_dtype) -
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
+
+
+def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate for a step: linear warm-up, then constant or cosine decay to zero."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "cosine":
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return 1.0
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, learning_rate: float) -> None:
+    """Use `learning_rate` for the next step: the schedule is a function of the step, so resuming needs no state."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate

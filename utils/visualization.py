@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from matplotlib.backends import BackendFilter, backend_registry
 
+from common.files import atomic_path
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
-from utils.files import atomic_path
 
 
 def denormalize(image: torch.Tensor) -> np.ndarray:

@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from utils.errors import UserError
+from common.errors import UserError
 
 
 @contextlib.contextmanager

@@ -10,6 +10,10 @@ class UserError(Exception):
     """A problem the user can fix (bad setting, missing file, no network): shown as one clear message."""
 
 
+class DatasetError(UserError):
+    """The data on disk is incomplete or unreadable; the message names the files."""
+
+
 def user_message(error: UserError) -> str:
     """The error's own message, also when a DataLoader worker re-raised it wrapped in its traceback text."""
     text = str(error)
@@ -21,12 +25,13 @@ def user_message(error: UserError) -> str:
 
 
 def run_main(main) -> None:
-    """Run a script's `main()`: a UserError becomes `error: ...` and exit status 2, Ctrl-C exit status 130.
+    """Run a script's `main()` and exit with the status it returns (None counts as 0, success).
 
+    A UserError becomes `error: ...` and exit status 2, Ctrl-C exit status 130.
     Set UNET_DEBUG=1 to see the full traceback instead.
     """
     try:
-        main()
+        status = main()
     except UserError as error:
         if os.environ.get("UNET_DEBUG"):
             raise
@@ -37,3 +42,5 @@ def run_main(main) -> None:
             raise
         print("\ninterrupted", file=sys.stderr)
         sys.exit(INTERRUPTED_STATUS)
+    if status:
+        sys.exit(status)

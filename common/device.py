@@ -2,7 +2,7 @@
 
 import torch
 
-from utils.errors import UserError
+from common.errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:
