@@ -1,10 +1,21 @@
-"""Command-line overrides for a script's UPPER_CASE constants, in the spirit of nanoGPT's configurator.
+"""A script's settings from its UPPER_CASE constants, recipe files and command-line flags, as nanoGPT's configurator.
 
-Every constant `SOME_NAME = value` becomes a flag `--some-name VALUE` parsed with the type of its default
-(booleans become `--flag/--no-flag`). A preset is a named dict of constants applied before explicit flags.
+Every constant `SOME_NAME = value  # what it means` of a script becomes a flag `--some-name VALUE` parsed with the
+type of its default (booleans become `--flag/--no-flag`; lists take one or more values), with the comment as its
+help and the comment line above a block of constants as the block's heading in `--help`. A recipe file
+(`configs/NAME.py`) holds only such constants; given before the flags, it is applied first.
 """
 
 import argparse
+import ast
+import io
+import tokenize
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import UserError
+
+SETTING_TYPES = (bool, int, float, str, list)
 
 
 def flag_name(constant: str) -> str:
@@ -13,41 +24,130 @@ def flag_name(constant: str) -> str:
 
 
 def script_constants(namespace: dict) -> dict:
-    """A script's settings: the UPPER_CASE names of `namespace` (its globals()) bound to plain values.
+    """A script's settings: the UPPER_CASE names of `namespace` (its globals()) bound to plain values or lists.
 
     Imported tuples, dicts and modules are not settings; import UPPER_CASE plain values as `module.NAME`.
     """
-    return {
-        name: value
-        for name, value in namespace.items()
-        if name.isupper() and isinstance(value, (bool, int, float, str))
-    }
+    return {name: value for name, value in namespace.items() if name.isupper() and isinstance(value, SETTING_TYPES)}
 
 
-def parse_config(
-    defaults: dict, argv=None, description: str = "", presets: dict[str, dict] | None = None, extra_flags=()
-) -> dict:
-    """Return `defaults` updated by `--preset NAME` (if any) and then by the flags given on the command line.
+@dataclass
+class Settings:
+    """The parsed settings (`values`), which of them a recipe file or flag set (`given`), and the recipe files."""
 
-    `extra_flags` are (args, kwargs) pairs for flags that are not constants (e.g. positional inputs);
-    their values are returned under their argparse `dest` names.
+    values: dict
+    given: set[str]
+    recipes: list[str]
+
+
+def parse_settings(
+    defaults: dict, script, argv=None, choices: dict | None = None, recipes: bool = False, extra_flags=()
+) -> Settings:
+    """`defaults` updated by recipe files (when `recipes`) and then by the flags given on the command line.
+
+    `script` is the script's path: its docstring is the description and the comment beside each constant its help.
+    `choices` lists the allowed values of some settings, for the help (the script checks them, with the recipes').
+    `extra_flags` are (args, kwargs) pairs of flags that are not constants (e.g. positional inputs); their values
+    are returned under their argparse `dest` names.
     """
-    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
-    if presets:
-        parser.add_argument("--preset", choices=sorted(presets), help="start from a named block of settings")
+    choices = choices or {}
+    source = Path(script).read_text()
+    prog = f"python scripts/{Path(script).name}"
+    positionals = [f"{kwargs.get('metavar', args[0])} ..." for args, kwargs in extra_flags if args[0][0] != "-"]
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        usage=" ".join([prog, *(["[RECIPE ...]"] if recipes else []), *positionals, "[--SETTING VALUE ...]"]),
+        description=ast.get_docstring(ast.parse(source)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    if recipes:
+        parser.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe files (configs/*.py), applied first")
     for args, kwargs in extra_flags:
         parser.add_argument(*args, **kwargs)
+    comments, headings = constant_comments(source)
+    group = parser
     for name, default in defaults.items():
-        flag = flag_name(name)
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=f"(default {default})")
-        else:
-            parser.add_argument(flag, dest=name, type=type(default), metavar=name, help=f"(default {default!r})")
+        if name in headings:
+            group = parser.add_argument_group(headings[name])
+        kind = flag_kind(default)
+        if name in choices:
+            kind["metavar"] = "{" + ",".join(map(str, choices[name])) + "}"
+        help_text = f"{comments.get(name, '')} (default {default!r})".lstrip()
+        group.add_argument(flag_name(name), dest=name, help=help_text, **kind)
     given = vars(parser.parse_args(argv))
-    config = dict(defaults)
-    preset = given.pop("preset", None)
-    if presets:
-        config.update(presets.get(preset, {}))
-        config["PRESET"] = preset or "default"
-    config.update(given)
-    return config
+    recipe_files = given.pop("recipes", [])
+    values, given_names = dict(defaults), {name for name in given if name in defaults}
+    for recipe in recipe_files:
+        recipe_values = read_recipe(recipe, defaults)
+        values.update(recipe_values)
+        given_names |= set(recipe_values)
+    values.update(given)
+    return Settings(values, given_names, recipe_files)
+
+
+def flag_kind(default) -> dict:
+    """argparse keywords for a flag whose default is `default`."""
+    if isinstance(default, bool):
+        return dict(action=argparse.BooleanOptionalAction)
+    if isinstance(default, list):
+        return dict(nargs="+", metavar="VALUE")
+    return dict(type=type(default), metavar=type(default).__name__.upper())
+
+
+def constant_comments(source: str) -> tuple[dict[str, str], dict[str, str]]:
+    """From a script's source: the comment beside each top-level `NAME = ...`, and the heading comment (a comment
+    line of its own) above the first constant of each block."""
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    by_line = {token.start[0]: token for token in tokens if token.type == tokenize.COMMENT}
+    comments, headings = {}, {}
+    for node in ast.parse(source).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        name = node.targets[0].id
+        beside = by_line.get(node.lineno) or by_line.get(node.end_lineno)
+        if beside and beside.start[1] > 0:
+            comments[name] = beside.string.removeprefix("#").strip()
+        above = by_line.get(node.lineno - 1)
+        if above and above.start[1] == 0 and not above.string.startswith("# -"):
+            headings[name] = above.string.removeprefix("#").strip()
+    return comments, headings
+
+
+def read_recipe(path, defaults: dict) -> dict:
+    """The constants of a recipe file, each a literal of its setting's type; anything else is refused, naming the line.
+
+    The file is parsed, never run, so a recipe cannot execute code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe file {path} not found (recipes live in configs/, e.g. configs/seed.py).")
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except SyntaxError as error:
+        raise UserError(f"{path} line {error.lineno}: not valid Python ({error.msg}).") from None
+    values = {}
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            continue  # the file's docstring
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise UserError(f"{path} line {node.lineno}: a recipe holds only constants (NAME = value).")
+        name = node.targets[0].id
+        if name not in defaults:
+            raise UserError(f"{path} line {node.lineno}: {name} is not a setting of this script (see --help).")
+        try:
+            value = ast.literal_eval(node.value)
+        except ValueError:
+            raise UserError(f"{path} line {node.lineno}: {name} must be a plain value, not an expression.") from None
+        values[name] = coerce(value, defaults[name], f"{path} line {node.lineno}: {name}")
+    return values
+
+
+def coerce(value, default, where: str):
+    """`value` as the type of `default` (a whole number is accepted for a float setting)."""
+    expected = type(default)
+    if expected is float and type(value) is int:
+        return float(value)
+    if type(value) is not expected:
+        raise UserError(f"{where} must be a {expected.__name__}, not {value!r}.")
+    return value

@@ -1,5 +1,7 @@
 """Pick the compute device and the mixed-precision type that suits it."""
 
+import os
+
 import torch
 
 from common.errors import UserError
@@ -33,10 +35,10 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def describe_device(device: torch.device) -> str:
-    """The device with its GPU name or CPU thread count, for reports next to timings."""
+    """The device with its GPU name, or the CPU's core count and PyTorch's thread count, for reports of timings."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def configure_fast_path(device: torch.device) -> torch.memory_format:

@@ -26,6 +26,21 @@ def atomic_path(path):
             os.unlink(temporary)
 
 
+def writable_folder(folder, setting: str) -> Path:
+    """Create `folder` if needed and check that a file can be written in it, before any long work; refuse with
+    the setting's name when it is a file, or cannot be created or written (read-only disk, no permission)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{setting} {folder} is a file, not a folder; give the path of a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write into {folder} ({setting}): {error.strerror or error}.") from None
+    return folder
+
+
 def remove_stale_temporaries(folder, name: str = "*") -> list[Path]:
     """Delete the temporary files that `atomic_path(folder / name)` left when its process was killed.
 

@@ -26,13 +26,14 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from common.config import parse_config
-from common.device import autocast, autocast_dtype, configure_fast_path, resolve_device, synchronize
+from common.config import parse_settings, script_constants
+from common.device import autocast, autocast_dtype, configure_fast_path, describe_device, resolve_device, synchronize
 from common.errors import UserError, run_main
 from common.files import write_text_atomic
 from dataset import kvasir, synthetic, transforms
 from dataset.segmentation import EpochSampler, PolypDataset, loader_options, worker_count
-from model import UNet
+from model import build_unet
+from model.unet import smallest_input
 from utils.losses import bce_dice_loss
 from utils.training import make_optimizer, training_step
 
@@ -61,8 +62,10 @@ def check_settings(config: dict) -> None:
             raise UserError(f"{name} must be at least 1.")
     if config["WARMUP_STEPS"] < 0 or config["SYNTHETIC"] < 0:
         raise UserError("WARMUP_STEPS and SYNTHETIC must be >= 0.")
-    if config["IMAGE_SIZE"] < 2 ** config["DEPTH"]:
-        raise UserError(f"IMAGE_SIZE must be at least {2 ** config['DEPTH']} for a U-Net of DEPTH {config['DEPTH']}.")
+    if config["IMAGE_SIZE"] < smallest_input(config["DEPTH"]):
+        raise UserError(
+            f"IMAGE_SIZE must be at least {smallest_input(config['DEPTH'])} for a U-Net of DEPTH {config['DEPTH']}."
+        )
     if config["AUGMENTATION"] not in transforms.AUGMENTATIONS:
         raise UserError(f"AUGMENTATION must be one of {', '.join(transforms.AUGMENTATIONS)}.")
 
@@ -83,10 +86,11 @@ def find_pairs(config: dict, scratch: Path) -> tuple[list, Path, str]:
     return pairs, data_dir / "cache", f"{len(pairs)} Kvasir-SEG images"
 
 
-def flops_per_image(model_config: dict, image_size: int, batch_size: int, training: bool) -> float:
+def flops_per_image(config: dict, batch_size: int, training: bool) -> float:
     """FLOPs per image of a forward pass, or of forward + loss + backward, counted once on shape-only tensors."""
+    image_size = config["IMAGE_SIZE"]
     with torch.device("meta"):
-        model = UNet(**model_config).train(training)
+        model = build_unet(config["BASE_CHANNELS"], config["DEPTH"]).train(training)
         images = torch.empty(batch_size, 3, image_size, image_size)
         masks = torch.empty(batch_size, 1, image_size, image_size)
     with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(training):
@@ -165,7 +169,7 @@ def time_pipeline(batches, config: dict) -> float:
 def new_model(config: dict, device, memory_format):
     """The U-Net under test, identically initialised for every loop."""
     torch.manual_seed(0)
-    return UNet(3, 1, config["BASE_CHANNELS"], config["DEPTH"]).to(device, memory_format=memory_format)
+    return build_unet(config["BASE_CHANNELS"], config["DEPTH"]).to(device, memory_format=memory_format)
 
 
 def rate(images_per_second: float, flops: float) -> dict:
@@ -175,9 +179,8 @@ def rate(images_per_second: float, flops: float) -> dict:
 def run_benchmark(config: dict, pairs, cache_dir: Path, device: torch.device) -> dict:
     """All timings of one configuration; the reference loops run first, before cuDNN autotuning is switched on."""
     train_batch, inference_batch = config["BATCH_SIZE"], config["INFERENCE_BATCH_SIZE"]
-    model_config = dict(in_channels=3, out_channels=1, base_channels=config["BASE_CHANNELS"], depth=config["DEPTH"])
-    train_flops = flops_per_image(model_config, config["IMAGE_SIZE"], train_batch, training=True)
-    inference_flops = flops_per_image(model_config, config["IMAGE_SIZE"], inference_batch, training=False)
+    train_flops = flops_per_image(config, train_batch, training=True)
+    inference_flops = flops_per_image(config, inference_batch, training=False)
     transform = transforms.build_transform(config["AUGMENTATION"])
     workers = worker_count(config["NUM_WORKERS"])
 
@@ -227,12 +230,6 @@ def run_benchmark(config: dict, pairs, cache_dir: Path, device: torch.device) ->
     }
 
 
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({os.cpu_count()} cores)"
-
-
 def report(results: dict) -> str:
     """The results as aligned lines, one per measurement."""
     config, train, infer, pipe = results["settings"], results["training"], results["inference"], results["pipeline"]
@@ -270,8 +267,7 @@ def report(results: dict) -> str:
 
 
 def main() -> None:
-    defaults = {name: value for name, value in globals().items() if name.isupper()}
-    config = parse_config(defaults, description=__doc__)
+    config = parse_settings(script_constants(globals()), __file__).values
     check_settings(config)
     device = resolve_device(config["DEVICE"])
     started, load_average = datetime.now().isoformat(timespec="seconds"), os.getloadavg()[0]
@@ -281,7 +277,7 @@ def main() -> None:
             raise UserError(f"BATCH_SIZE {config['BATCH_SIZE']} exceeds the {len(pairs)} images.")
         results = run_benchmark(config, pairs, cache_dir, device)
     results = {
-        "device": device_description(device),
+        "device": describe_device(device),
         "date": started,
         "load_average": load_average,
         "data": data,

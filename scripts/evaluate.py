@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, model/, utils/ from anywhere
 
 
-from common.config import parse_config, script_constants
+from common.config import parse_settings, script_constants
 from common.device import describe_device
 from common.errors import UserError, run_main
 from common.files import write_csv_atomic, write_text_atomic
@@ -102,14 +102,9 @@ def format_report(report: dict) -> str:
 
 
 def main() -> None:
-    defaults = script_constants(globals())
-    config = parse_config(defaults, description=__doc__)
-    if config["BATCH_SIZE"] < 1:
-        raise UserError("BATCH_SIZE must be at least 1.")
+    config = parse_settings(script_constants(globals()), __file__).values
     checkpoint = load_checkpoint(config["CHECKPOINT"])
-    predictor = inference.Predictor.from_checkpoint(
-        checkpoint, config["DEVICE"], config["MIXED_PRECISION"], config["TTA"]
-    )
+    predictor = inference.predictor_from_settings(checkpoint, config)
     pairs, source = select_pairs(config, checkpoint)
     print(f"scoring {source} on {describe_device(predictor.device)}")
 

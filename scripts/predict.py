@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, m
 
 from tqdm import tqdm
 
-from common.config import parse_config, script_constants
+from common.config import parse_settings, script_constants
 from common.device import describe_device
 from common.errors import UserError, run_main
 from dataset.images import read_rgb, write_png
@@ -54,15 +54,10 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
 
 
 def main() -> None:
-    defaults = script_constants(globals())
     inputs_flag = (("inputs",), dict(nargs="+", metavar="INPUT", help="image files and/or folders of images"))
-    config = parse_config(defaults, description=__doc__, extra_flags=[inputs_flag])
-    if config["BATCH_SIZE"] < 1:
-        raise UserError("BATCH_SIZE must be at least 1.")
+    config = parse_settings(script_constants(globals()), __file__, extra_flags=[inputs_flag]).values
     paths = collect_inputs(config["inputs"])
-    predictor = inference.Predictor.from_checkpoint(
-        config["CHECKPOINT"], config["DEVICE"], config["MIXED_PRECISION"], config["TTA"]
-    )
+    predictor = inference.predictor_from_settings(config["CHECKPOINT"], config)
     output_dir = Path(config["OUTPUT"])
     print(f"predicting {len(paths)} image(s) on {describe_device(predictor.device)} into {output_dir}")
     with tqdm(total=len(paths), desc="predicting", unit="img", disable=len(paths) == 1) as bar:

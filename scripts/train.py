@@ -1,11 +1,13 @@
 """Train a U-Net on Kvasir-SEG: get the data, train with BCE+Dice, validate every epoch, keep the best model.
 
-    python scripts/train.py                          # the defaults below (AdamW 1e-3, cosine, strong augmentation)
-    python scripts/train.py --epochs 3 --image-size 128 --device cpu
-    python scripts/train.py --preset seed            # the original recipe (lr 1e-5, batch 8, 100 epochs)
-    python scripts/train.py --resume                 # continue an interrupted run from OUTPUT_DIR/last.pth
+    python scripts/train.py                              # the defaults below: the best recipe measured
+    python scripts/train.py configs/cpu_quick.py         # a few minutes on a laptop CPU
+    python scripts/train.py configs/seed.py --epochs 3   # a recipe file, then flags on top of it
+    python scripts/train.py --resume                     # continue a stopped run from OUTPUT_DIR/last.pth
+    python scripts/train.py --resume --epochs 150        # ... or train a finished one for longer
 
-Every UPPER_CASE constant below can be edited here or given as a flag (IMAGE_SIZE -> --image-size).
+Every UPPER_CASE constant below can be edited here, set in a recipe file (configs/), or given as a flag
+(IMAGE_SIZE -> --image-size); flags win over recipe files, which win over the constants.
 """
 
 import functools
@@ -22,10 +24,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader
 from tqdm import tqdm
 
-from common.config import parse_config, script_constants
+from common.config import Settings, flag_name, parse_settings, script_constants
 from common.device import autocast, autocast_dtype, configure_fast_path, resolve_device
 from common.errors import UserError, run_main
-from common.files import exclusive_lock, remove_stale_temporaries, write_csv_atomic
+from common.files import exclusive_lock, remove_stale_temporaries, writable_folder, write_csv_atomic
 from common.interrupt import StopRequest
 from dataset import kvasir, transforms
 from dataset.segmentation import EpochSampler, PolypDataset, loader_options, worker_count
@@ -35,7 +37,7 @@ from model.checkpoint import cpu_state
 from model.unet import smallest_input
 from utils.losses import bce_dice_loss
 from utils.metrics import binarize
-from utils.training import learning_rate_factor, make_optimizer, set_learning_rate, training_step
+from utils.training import OPTIMIZERS, SCHEDULES, learning_rate_factor, make_optimizer, set_learning_rate, training_step
 from utils.validation import validate
 from utils.visualization import panel_figure, save_figure
 
@@ -45,26 +47,26 @@ DATA_DIR = "data"  # holds Kvasir-SEG/ or kvasir-seg.zip; the zip is downloaded 
 DATA_URL = kvasir.KVASIR_SEG_URL  # where to download the zip from
 IMAGE_SIZE = 256  # images and masks are resized to IMAGE_SIZE x IMAGE_SIZE
 VAL_FRACTION = 0.1  # share of the 880 official training images held out for validation
-AUGMENTATION = "strong"  # none | flips | strong (see dataset/transforms.py)
+AUGMENTATION = "strong"  # random changes to each training image (see dataset/transforms.py)
 CACHE = True  # decode and resize each image once into DATA_DIR/cache (memory-mapped afterwards)
 NUM_WORKERS = -1  # DataLoader worker processes; -1 picks min(8, CPU count - 1)
 # Model
 BASE_CHANNELS = 64  # width of the first U-Net level; doubles at each of DEPTH levels
 DEPTH = 4  # number of down-sampling steps
-# Optimisation (the best recipe measured, see README "Results"; `--preset seed` restores the original one)
-EPOCHS = 100
-BATCH_SIZE = 16
+# Optimisation (the best recipe measured, see README "Results"; configs/seed.py is the original one)
+EPOCHS = 100  # passes over the training images
+BATCH_SIZE = 16  # images per training step
 LEARNING_RATE = 1e-3  # peak learning rate
-OPTIMIZER = "adamw"  # adam | adamw
-WEIGHT_DECAY = 1e-4
-SCHEDULE = "cosine"  # constant | cosine (per step, after warm-up)
-WARMUP_EPOCHS = 3  # linear warm-up from 0 to LEARNING_RATE over this many epochs (all of a shorter run)
+OPTIMIZER = "adamw"  # AdamW decouples weight decay from the gradient step
+WEIGHT_DECAY = 1e-4  # L2 penalty on the weights (decoupled with adamw)
+SCHEDULE = "cosine"  # learning rate after warm-up: constant, or cosine decay to zero (per step)
+WARMUP_EPOCHS = 3  # linear warm-up from 0 to LEARNING_RATE over this many epochs, at most a tenth of the run
 BCE_WEIGHT = 1.0  # loss = BCE_WEIGHT * BCE + DICE_WEIGHT * (1 - soft Dice)
-DICE_WEIGHT = 1.0
+DICE_WEIGHT = 1.0  # see BCE_WEIGHT
 EMA_DECAY = 0.0  # 0: off; else validate and save an exponential moving average of the weights, updated every step
 # Run
 SEED = 42  # seeds the split, initialisation, shuffling and augmentation
-DEVICE = "auto"  # auto | cpu | cuda | cuda:N
+DEVICE = "auto"  # auto (the GPU when there is one) | cpu | cuda | cuda:N
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 with loss scaling on GPUs without bf16); ignored on CPU
 COMPILE = False  # torch.compile the training forward pass; off until scripts/benchmark.py --compile shows a gain
 THREADS = 0  # PyTorch CPU threads; 0 keeps PyTorch's default (one per core). 1 is far faster on busy shared CPUs
@@ -73,25 +75,15 @@ PANEL_IMAGES = 4  # how many fixed validation images the panels show
 SHOW_PANELS = True  # also open the panels in a window when matplotlib has an interactive backend
 OUTPUT_DIR = "outputs"  # history.csv, panels/, last.pth (the resumable state)
 CHECKPOINT_PATH = "models/unet_kvasirseg.pth"  # the best model by validation Dice
-RESUME = False  # continue from OUTPUT_DIR/last.pth with its saved settings
+RESUME = False  # continue the run saved in OUTPUT_DIR/last.pth, with its recipe
+OVERWRITE = False  # start a new run even where OUTPUT_DIR or CHECKPOINT_PATH hold an earlier run's files
 
-# Named blocks of settings; `--preset NAME` applies one before any other flag.
-PRESETS = {
-    "seed": dict(  # the recipe of the original project description
-        IMAGE_SIZE=256,
-        BATCH_SIZE=8,
-        LEARNING_RATE=1e-5,
-        EPOCHS=100,
-        OPTIMIZER="adam",
-        WEIGHT_DECAY=0.0,
-        SCHEDULE="constant",
-        WARMUP_EPOCHS=0,
-        AUGMENTATION="flips",
-        BASE_CHANNELS=64,
-    ),
-    "cpu-quick": dict(IMAGE_SIZE=128, BASE_CHANNELS=16, EPOCHS=5, WARMUP_EPOCHS=1, DEVICE="cpu"),  # a laptop smoke run
-}
-RUNTIME_SETTINGS = ("DEVICE", "NUM_WORKERS", "COMPILE", "THREADS", "SHOW_PANELS", "RESUME")  # may differ when resuming
+CHOICES = {"AUGMENTATION": transforms.AUGMENTATIONS, "OPTIMIZER": OPTIMIZERS, "SCHEDULE": SCHEDULES}
+# What --resume may change: how the run is carried out, and EPOCHS (train longer); never the recipe.
+RESUME_MAY_CHANGE = (
+    "DATA_DIR", "DATA_URL", "CACHE", "NUM_WORKERS", "DEVICE", "COMPILE", "THREADS", "PANEL_EVERY", "PANEL_IMAGES",
+    "SHOW_PANELS", "OUTPUT_DIR", "CHECKPOINT_PATH", "RESUME", "OVERWRITE", "EPOCHS",
+)  # fmt: skip
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -113,12 +105,10 @@ def check_settings(config: dict) -> None:
             config["IMAGE_SIZE"] >= smallest_input(config["DEPTH"]),
             f"IMAGE_SIZE must be at least {smallest_input(config['DEPTH'])} for a U-Net of DEPTH {config['DEPTH']}",
         ),
-        (
-            config["AUGMENTATION"] in transforms.AUGMENTATIONS,
-            f"AUGMENTATION must be one of {', '.join(transforms.AUGMENTATIONS)}",
-        ),
-        (config["OPTIMIZER"] in ("adam", "adamw"), "OPTIMIZER must be adam or adamw"),
-        (config["SCHEDULE"] in ("constant", "cosine"), "SCHEDULE must be constant or cosine"),
+        *[
+            (config[name] in allowed, f"{name} must be one of {', '.join(allowed)}")
+            for name, allowed in CHOICES.items()
+        ],
         (config["WARMUP_EPOCHS"] >= 0, "WARMUP_EPOCHS must be >= 0"),
         (0 <= config["EMA_DECAY"] < 1, "EMA_DECAY must be in [0, 1) (0 turns the moving average off)"),
         (config["PANEL_EVERY"] >= 1 and config["PANEL_IMAGES"] >= 1, "PANEL_EVERY and PANEL_IMAGES must be >= 1"),
@@ -127,6 +117,76 @@ def check_settings(config: dict) -> None:
     for ok, message in rules:
         if not ok:
             raise UserError(f"{message}.")
+
+
+def read_settings() -> tuple[dict, dict | None]:
+    """The run's settings (the constants above, then recipe files, then flags), and with --resume the saved state
+    it continues, whose recipe it keeps."""
+    settings = parse_settings(script_constants(globals()), __file__, choices=CHOICES, recipes=True)
+    config = {**settings.values, "RECIPES": settings.recipes}
+    if not config["RESUME"]:
+        return config, None
+    state = load_training_state(Path(config["OUTPUT_DIR"]) / "last.pth")
+    return resumed_settings(state, settings), state
+
+
+def resumed_settings(state: dict, settings: Settings) -> dict:
+    """The saved run's settings, with the flags that may change on resuming (RESUME_MAY_CHANGE) taken from
+    `settings`; a flag or recipe that would change the recipe mid-run is refused, naming it."""
+    saved = {**script_constants(globals()), **state["config"]}
+    changed = [
+        f"{flag_name(name)} {settings.values[name]!r} (the run has {saved[name]!r})"
+        for name in sorted(settings.given)
+        if name not in RESUME_MAY_CHANGE and settings.values[name] != saved[name]
+    ]
+    if changed:
+        raise UserError(
+            f"--resume continues the run saved in {settings.values['OUTPUT_DIR']} with its own recipe, which"
+            f" {', '.join(changed)} would change; drop those, or start a new run with another --output-dir."
+        )
+    config = {**saved, **{name: settings.values[name] for name in RESUME_MAY_CHANGE if name in settings.given}}
+    config["RESUME"] = True
+    finished = len(state["history"])
+    if config["EPOCHS"] <= finished:
+        raise UserError(
+            f"nothing to resume: the run saved in {config['OUTPUT_DIR']} has finished {finished} of its"
+            f" {config['EPOCHS']} epochs; give --epochs above {finished} to train it for longer."
+        )
+    print(
+        f"resuming {config['OUTPUT_DIR']} at epoch {state['epoch']}, step {state['step']}, with its recipe"
+        + (f", now for {config['EPOCHS']} epochs" if config["EPOCHS"] != state["config"]["EPOCHS"] else "")
+    )
+    return config
+
+
+def run_files(output_dir: Path, checkpoint_path: Path) -> list[Path]:
+    """The files a run writes that a new run would replace: its best model, resumable state, history and pictures."""
+    candidates = [checkpoint_path, output_dir / "last.pth", output_dir / "history.csv"]
+    return [path for path in candidates if path.is_file()] + sorted((output_dir / "panels").glob("epoch_*.png"))
+
+
+def check_output_paths(output_dir: Path, checkpoint_path: Path) -> None:
+    """Refuse output paths that cannot be written before any work, rather than after the first epoch."""
+    writable_folder(output_dir, "OUTPUT_DIR")
+    if checkpoint_path.is_dir():
+        raise UserError(f"CHECKPOINT_PATH {checkpoint_path} is a folder; give a file path such as {CHECKPOINT_PATH}.")
+    writable_folder(checkpoint_path.parent, "CHECKPOINT_PATH's folder")
+
+
+def claim_run_files(output_dir: Path, checkpoint_path: Path, resuming: bool, overwrite: bool) -> None:
+    """Never let a new run silently destroy an earlier one: refuse while the paths hold an earlier run's files,
+    unless OVERWRITE, which removes them first (so no old panel is left beside the new ones). Call it holding the
+    run's locks, so that it never removes the files of a run still going."""
+    earlier = [] if resuming else run_files(output_dir, checkpoint_path)
+    if earlier and not overwrite:
+        raise UserError(
+            f"an earlier run's files are in the way ({', '.join(map(str, earlier[:3]))}"
+            + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
+            + "); continue that run with --resume, keep it by giving this run another --output-dir and"
+            " --checkpoint-path, or replace it with --overwrite."
+        )
+    for path in earlier:
+        path.unlink()
 
 
 # --- the training state: what `save_training_state` writes is exactly what `restore_training_state` reads ---
@@ -312,22 +372,17 @@ def save_panels(model, data: TrainingData, device, memory_format, amp_dtype, pat
 
 
 def main() -> int:
-    # Settings: the constants above, then a preset, then the flags; --resume continues with the saved run's settings.
-    config = parse_config(script_constants(globals()), description=__doc__, presets=PRESETS)
+    config, resumed = read_settings()
+    check_settings(config)
     output_dir, checkpoint_path = Path(config["OUTPUT_DIR"]), Path(config["CHECKPOINT_PATH"])
     last_path = output_dir / "last.pth"
-    resumed = load_training_state(last_path) if config["RESUME"] else None
-    if resumed:
-        config = {**resumed["config"], **{name: config[name] for name in RUNTIME_SETTINGS}}
-        print(f"resuming from {last_path} (epoch {resumed['epoch']}, step {resumed['step']}) with its settings")
-    check_settings(config)
     device = resolve_device(config["DEVICE"])
     amp_dtype = autocast_dtype(device) if config["MIXED_PRECISION"] else None
     print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)}, autocast {amp_dtype})" if amp_dtype else ""))
     memory_format = configure_fast_path(device)
     if config["THREADS"]:
         torch.set_num_threads(config["THREADS"])
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_output_paths(output_dir, checkpoint_path)
 
     with (
         exclusive_lock(output_dir / "train.lock", str(output_dir)),
@@ -339,6 +394,7 @@ def main() -> int:
             (checkpoint_path.parent, checkpoint_path.name),
         ):
             remove_stale_temporaries(folder, name)  # left by a run killed mid-write; never read, only tidied
+        claim_run_files(output_dir, checkpoint_path, resuming=resumed is not None, overwrite=config["OVERWRITE"])
         data = prepare_data(config, device)
         training = prepare_training(config, device, memory_format, amp_dtype)
         train_model = torch.compile(training.model) if config["COMPILE"] else training.model  # shares the weights
@@ -346,7 +402,7 @@ def main() -> int:
         steps_per_epoch, epochs = data.steps_per_epoch, config["EPOCHS"]
         schedule = functools.partial(
             learning_rate_factor,
-            warmup_steps=config["WARMUP_EPOCHS"] * steps_per_epoch,
+            warmup_steps=min(config["WARMUP_EPOCHS"] * steps_per_epoch, epochs * steps_per_epoch // 10),
             total_steps=epochs * steps_per_epoch,
             schedule=config["SCHEDULE"],
         )

@@ -121,7 +121,55 @@ def test_failed_download_exits_with_one_line_saying_where_to_put_the_zip(tmp_pat
     assert list((tmp_path / "data").iterdir()) == []  # nothing a later run could take for the dataset
 
 
-def test_preset_applies_before_flags(kvasir_dir, tmp_path):
-    train(tmp_path, "--preset", "seed", "--epochs", "1", *TINY)
+def test_recipe_file_applies_before_flags(kvasir_dir, tmp_path):
+    recipe = str(REPO / "configs" / "seed.py")
+    train(tmp_path, recipe, "--epochs", "1", *TINY)
     config = torch.load(tmp_path / "run" / "best.pth", weights_only=True)["config"]
-    assert config["PRESET"] == "seed" and config["EPOCHS"] == 1 and config["LEARNING_RATE"] == 1e-5
+    assert config["RECIPES"] == [recipe] and config["EPOCHS"] == 1 and config["LEARNING_RATE"] == 1e-5
+
+
+def test_a_new_run_does_not_replace_an_earlier_one_unless_told(kvasir_dir, tmp_path):
+    assert train_in_process(tmp_path, "--epochs", "2", "--panel-every", "1")[0] == 0
+    run = tmp_path / "run"
+    before = {path.name: path.read_bytes() for path in [run / "best.pth", run / "last.pth", run / "history.csv"]}
+    status, _, stderr = train_in_process(tmp_path, "--epochs", "1")
+    assert status == 2
+    message = error_line(stderr)
+    assert f"an earlier run's files are in the way ({run / 'best.pth'}, {run / 'last.pth'}, {run / 'history.csv'}" in (
+        message
+    )
+    assert message.endswith("or replace it with --overwrite.")
+    assert {name: (run / name).read_bytes() for name in before} == before
+    status, _, stderr = train_in_process(tmp_path, "--epochs", "1", "--panel-every", "1", "--overwrite")
+    assert status == 0, stderr[-2000:]
+    assert [row["epoch"] for row in read_history(run / "history.csv")] == ["1"]
+    assert sorted(path.name for path in (run / "panels").iterdir()) == ["epoch_001.png"]  # no old panel left
+
+
+def test_resume_trains_longer_but_refuses_to_change_the_recipe(kvasir_dir, tmp_path):
+    assert train_in_process(tmp_path, "--epochs", "2")[0] == 0
+    status, _, stderr = train_in_process(tmp_path, "--resume")
+    assert status == 2 and "has finished 2 of its 2 epochs; give --epochs above 2" in error_line(stderr)
+    status, _, stderr = train_in_process(tmp_path, "--resume", "--learning-rate", "0.01", "--seed", "42")
+    assert status == 2
+    assert "which --learning-rate 0.01 (the run has 0.001) would change" in error_line(stderr)
+    history = read_history(tmp_path / "run" / "history.csv")
+    status, stdout, stderr = train_in_process(tmp_path, "--resume", "--epochs", "3", "--no-cache")
+    assert status == 0, stderr[-2000:]
+    assert "now for 3 epochs" in stdout
+    longer = read_history(tmp_path / "run" / "history.csv")
+    assert longer[:2] == history and longer[2]["epoch"] == "3"
+    assert float(longer[2]["learning_rate"]) == 0.0  # the stretched cosine ends at zero, as a 3-epoch run's does
+
+
+@pytest.mark.parametrize("broken", ["output-is-a-file", "checkpoint-is-a-folder"])
+def test_unwritable_output_paths_are_refused_before_any_work(tmp_path, broken):
+    if broken == "output-is-a-file":
+        (tmp_path / "run").write_text("not a folder")
+        expected = f"OUTPUT_DIR {tmp_path / 'run'} is a file, not a folder"
+    else:
+        (tmp_path / "run" / "best.pth").mkdir(parents=True)
+        expected = f"CHECKPOINT_PATH {tmp_path / 'run' / 'best.pth'} is a folder"
+    status, _, stderr = train_in_process(tmp_path, "--epochs", "1")
+    assert status == 2 and expected in error_line(stderr)
+    assert not (tmp_path / "data").exists()  # refused before the data was looked for

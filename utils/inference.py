@@ -91,6 +91,14 @@ class Predictor:
         return [(probabilities > THRESHOLD).numpy() for probabilities in self.probabilities(images)]
 
 
+def predictor_from_settings(checkpoint, settings: dict) -> Predictor:
+    """The Predictor of scripts/evaluate.py and scripts/predict.py, from their shared settings DEVICE,
+    MIXED_PRECISION and TTA, after checking their BATCH_SIZE; `checkpoint` is a checkpoint dict or path."""
+    if settings["BATCH_SIZE"] < 1:
+        raise UserError("BATCH_SIZE must be at least 1.")
+    return Predictor.from_checkpoint(checkpoint, settings["DEVICE"], settings["MIXED_PRECISION"], settings["TTA"])
+
+
 def measure_speed(predictor: Predictor, batch: torch.Tensor, warmup: int = 2, min_seconds: float = 1.0) -> dict:
     """Throughput of the model alone on a prepared batch (TTA included when on): no file reading, resizing or
     scoring. Runs `warmup` untimed batches, then times at least 3 batches and `min_seconds`, CUDA synchronised."""

@@ -6,6 +6,9 @@ import torch
 
 from common.device import autocast
 
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+
 
 def make_optimizer(parameters, name: str, learning_rate: float, weight_decay: float, device: torch.device):
     """Adam or AdamW; on CUDA the fused version, one kernel per step instead of several per parameter."""
