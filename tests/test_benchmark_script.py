@@ -4,6 +4,8 @@
 import json
 import re
 
+import pytest
+
 from tests.scripts import run_script
 
 TINY = [
@@ -18,6 +20,7 @@ def benchmark(*flags):
     return run_script("benchmark", *TINY, *flags)
 
 
+@pytest.mark.slow
 def test_benchmark_reports_fast_and_reference_loops(tmp_path):
     result = benchmark("--synthetic", "10", "--json", str(tmp_path / "results.json"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -34,6 +37,7 @@ def test_benchmark_reports_fast_and_reference_loops(tmp_path):
     assert results["settings"]["BASE_CHANNELS"] == 4 and results["settings"]["COMPILE"] is False
 
 
+@pytest.mark.slow
 def test_benchmark_without_data_says_how_to_get_some(tmp_path):
     result = benchmark("--data-dir", str(tmp_path / "empty"))
     assert result.returncode == 2

@@ -137,6 +137,7 @@ def test_unknown_split_is_refused(kvasir_dir):
         evaluate.select_pairs(settings, split_checkpoint(kvasir_dir))
 
 
+@pytest.mark.slow
 def test_script_writes_table_csv_and_json_that_agree(kvasir_dir, tmp_path):
     checkpoint = save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir)
     csv_path, json_path = tmp_path / "out" / "per_image.csv", tmp_path / "out" / "summary.json"

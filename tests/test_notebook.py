@@ -1,6 +1,7 @@
 """notebooks/explore_predictions.ipynb runs top to bottom, headless, from notebooks/ as Jupyter starts it there."""
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.checkpoints import save_untrained_checkpoint
@@ -15,6 +16,7 @@ def test_notebook_is_committed_without_outputs():
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
+@pytest.mark.slow
 def test_notebook_runs_and_shows_scores_and_panels(kvasir_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("KVASIR_CHECKPOINT", str(save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir)))
     monkeypatch.setenv("KVASIR_DATA_DIR", str(kvasir_dir))

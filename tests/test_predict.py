@@ -20,6 +20,7 @@ def write_image(path, channels: int, height: int, width: int) -> None:
     cv2.imwrite(str(path), np.random.default_rng(channels).integers(0, 256, shape, dtype=np.uint8))
 
 
+@pytest.mark.slow
 def test_script_writes_a_mask_and_an_overlay_per_input(tmp_path):
     folder, single = tmp_path / "folder", tmp_path / "single"
     folder.mkdir()

@@ -75,6 +75,7 @@ def test_every_shipped_recipe_is_valid_and_says_what_it_is_for(recipe):
     assert values and recipe.read_text().startswith('"""')
 
 
+@pytest.mark.slow
 def test_help_keeps_the_examples_and_explains_every_setting():
     result = run_script("train", "--help")
     assert result.returncode == 0

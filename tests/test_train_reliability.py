@@ -132,6 +132,7 @@ def interrupted_runs(tmp_path_factory):
     return tmp_path, results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
 def test_signal_saves_a_resumable_state_and_exits_cleanly(interrupted_runs, name, status):
     _, results = interrupted_runs
@@ -142,6 +143,7 @@ def test_signal_saves_a_resumable_state_and_exits_cleanly(interrupted_runs, name
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_loadable_checkpoints(interrupted_runs):
     tmp_path, results = interrupted_runs
     assert results["SIGKILL"][0] == -signal.SIGKILL
@@ -150,6 +152,7 @@ def test_kill_9_leaves_loadable_checkpoints(interrupted_runs):
     assert not list((tmp_path / "run").glob(".*.tmp"))  # the next run tidied the stale temporary file away
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(interrupted_runs):
     tmp_path, results = interrupted_runs
     assert results["final"][0] == 0, results["final"][2][-2000:]

@@ -19,6 +19,7 @@ def trained(kvasir_dir, tmp_path, request):
     return tmp_path, train(tmp_path, *flags), flags
 
 
+@pytest.mark.slow
 def test_run_writes_checkpoint_panels_and_history(trained):
     tmp_path, result, _ = trained
     run = tmp_path / "run"
@@ -35,6 +36,7 @@ def test_run_writes_checkpoint_panels_and_history(trained):
     assert checkpoint["config"]["LEARNING_RATE"] == 1e-3 and checkpoint["config"]["EPOCHS"] == 3
 
 
+@pytest.mark.slow
 def test_checkpoint_reproduces_its_validation_dice_in_a_fresh_process(trained):
     tmp_path, _, _ = trained
     script = textwrap.dedent(f"""
@@ -63,6 +65,7 @@ def test_checkpoint_reproduces_its_validation_dice_in_a_fresh_process(trained):
     assert reproduced == pytest.approx(recorded, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_same_settings_give_the_same_history(trained):
     tmp_path, _, flags = trained
     train(tmp_path, *flags, name="again")
@@ -80,6 +83,7 @@ def test_moving_average_is_kept_beside_the_trained_weights(kvasir_dir, tmp_path)
     assert not all(torch.equal(averaged[key], last["model_state"][key]) for key in averaged)
 
 
+@pytest.mark.slow
 def test_bad_setting_is_refused_by_the_script_before_any_work(tmp_path):
     result = train(tmp_path, "--batch-size", "0", check=False)
     assert result.returncode == 2
@@ -112,6 +116,7 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, monkeypatch, flags, 
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no data, output or checkpoint folder
 
 
+@pytest.mark.slow
 def test_failed_download_exits_with_one_line_saying_where_to_put_the_zip(tmp_path):
     result = train(tmp_path, "--data-url", "http://127.0.0.1:9/x.zip", check=False)
     assert result.returncode == 2
@@ -121,6 +126,7 @@ def test_failed_download_exits_with_one_line_saying_where_to_put_the_zip(tmp_pat
     assert list((tmp_path / "data").iterdir()) == []  # nothing a later run could take for the dataset
 
 
+@pytest.mark.slow
 def test_recipe_file_applies_before_flags(kvasir_dir, tmp_path):
     recipe = str(REPO / "configs" / "seed.py")
     train(tmp_path, recipe, "--epochs", "1", *TINY)
