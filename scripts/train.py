@@ -11,6 +11,7 @@ Every UPPER_CASE constant below can be edited here, set in a recipe file (config
 """
 
 import functools
+import json
 import math
 import sys
 import time
@@ -25,9 +26,9 @@ from torch.utils.data import BatchSampler, DataLoader
 from tqdm import tqdm
 
 from common.config import Settings, flag_name, parse_settings, script_constants
-from common.device import autocast, autocast_dtype, configure_fast_path, resolve_device
+from common.device import autocast, autocast_dtype, configure_fast_path, describe_device, resolve_device
 from common.errors import UserError, run_main
-from common.files import exclusive_lock, remove_stale_temporaries, writable_folder, write_csv_atomic
+from common.files import exclusive_lock, remove_stale_temporaries, writable_folder, write_csv_atomic, write_text_atomic
 from common.interrupt import StopRequest
 from dataset import kvasir, transforms
 from dataset.segmentation import EpochSampler, PolypDataset, loader_options, worker_count
@@ -161,7 +162,7 @@ def resumed_settings(state: dict, settings: Settings) -> dict:
 
 def run_files(output_dir: Path, checkpoint_path: Path) -> list[Path]:
     """The files a run writes that a new run would replace: its best model, resumable state, history and pictures."""
-    candidates = [checkpoint_path, output_dir / "last.pth", output_dir / "history.csv"]
+    candidates = [checkpoint_path, *(output_dir / name for name in ("last.pth", "history.csv", "summary.json"))]
     return [path for path in candidates if path.is_file()] + sorted((output_dir / "panels").glob("epoch_*.png"))
 
 
@@ -371,7 +372,25 @@ def save_panels(model, data: TrainingData, device, memory_format, amp_dtype, pat
 # --- the run -------------------------------------------------------------------------------------------------------
 
 
+def run_summary(progress: Progress, wall_seconds: float, images_trained: int, device, config: dict) -> dict:
+    """What OUTPUT_DIR/summary.json records of a finished run: its best epoch and how fast it ran end to end."""
+    best = max(progress.history, key=lambda row: row["val_dice"])
+    return {
+        "epochs": len(progress.history),
+        "best_epoch": best["epoch"],
+        "best_val_dice": best["val_dice"],
+        "best_val_iou": best["val_iou"],
+        "wall_seconds": round(wall_seconds, 2),
+        "images_trained": images_trained,
+        "images_per_second": round(images_trained / wall_seconds, 1),
+        "device": describe_device(device),
+        "checkpoint": config["CHECKPOINT_PATH"],
+        "recipes": config["RECIPES"],
+    }
+
+
 def main() -> int:
+    started = time.perf_counter()
     config, resumed = read_settings()
     check_settings(config)
     output_dir, checkpoint_path = Path(config["OUTPUT_DIR"]), Path(config["CHECKPOINT_PATH"])
@@ -410,6 +429,7 @@ def main() -> int:
             progress = restore_training_state(resumed, training, device)
         else:
             progress = Progress(epoch=1, step=0, step_losses=torch.zeros(steps_per_epoch, device=device))
+        images_trained = 0
         parameters = sum(p.numel() for p in training.model.parameters())
         print(f"training {parameters / 1e6:.2f} M parameters for {steps_per_epoch * epochs} steps")
 
@@ -429,6 +449,7 @@ def main() -> int:
                     )
                     progress.step_losses[progress.step] = loss
                     progress.step += 1
+                    images_trained += len(images)
                     if training.ema:
                         training.ema.update_parameters(training.model)
                     if stop.requested:
@@ -474,7 +495,13 @@ def main() -> int:
                     " continue with --resume"
                 )
                 return stop.exit_status
-    print(f"best validation Dice {progress.best_dice:.4f}; model saved to {checkpoint_path}")
+        summary = run_summary(progress, time.perf_counter() - started, images_trained, device, config)
+        write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    print(
+        f"done in {summary['wall_seconds']:.1f} s: {summary['images_trained']} training images at"
+        f" {summary['images_per_second']:.1f} images/s end to end; best validation Dice {summary['best_val_dice']:.4f}"
+        f" (epoch {summary['best_epoch']}), model saved to {checkpoint_path}"
+    )
     return 0
 
 

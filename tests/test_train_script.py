@@ -1,5 +1,6 @@
 """`python scripts/train.py` end to end on synthetic data, as a user runs it: in a subprocess."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -34,6 +35,10 @@ def test_run_writes_checkpoint_panels_and_history(trained):
     assert checkpoint["epoch"] == int(best["epoch"])
     assert checkpoint["metrics"]["val_dice"] == pytest.approx(float(best["val_dice"]))
     assert checkpoint["config"]["LEARNING_RATE"] == 1e-3 and checkpoint["config"]["EPOCHS"] == 3
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["best_epoch"] == checkpoint["epoch"]
+    assert summary["images_trained"] == 3 * (len(checkpoint["split"]["train"]) // 4) * 4 and summary["wall_seconds"] > 0
+    assert f"training images at {summary['images_per_second']:.1f} images/s end to end" in result.stdout
 
 
 @pytest.mark.slow
