@@ -1,4 +1,5 @@
-"""The PyTorch dataset over (image, mask) pairs and the seeded sampler that makes augmentation reproducible."""
+"""The PyTorch dataset over (image, mask) pairs and the seeded batch sampler that makes augmentation reproducible
+and lets a run resume at any step."""
 
 import os
 import signal
@@ -18,7 +19,7 @@ class PolypDataset(Dataset):
 
     Items are (image float32 [3, H, W] normalised, mask float32 [1, H, W] in {0, 1}). With `cache_dir`,
     every file is decoded and resized once into a memory-mapped cache; without it, on every access.
-    An item key may be an index or an (index, seed) pair from EpochSampler: the seed fixes the
+    An item key may be an index or an (index, seed) pair from RunBatchSampler: the seed fixes the
     augmentation of that sample, so results do not depend on worker count or scheduling.
     """
 
@@ -56,28 +57,42 @@ class PolypDataset(Dataset):
         return image, mask
 
 
-class EpochSampler(Sampler):
-    """Yields (index, augmentation seed) pairs in an order fixed by (seed, epoch).
+def epoch_order(size: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The shuffled sample indices of an epoch and one augmentation seed per position, fixed by (seed, epoch)."""
+    generator = np.random.default_rng([seed, epoch])
+    return generator.permutation(size), generator.integers(0, 2**31 - 1, size=size)
 
-    `set_epoch(epoch, skip=k)` starts that epoch's order at position k, for resuming mid-epoch.
+
+class RunBatchSampler(Sampler):
+    """The batches of a whole run, epoch after epoch, as lists of (index, augmentation seed) pairs.
+
+    One stream for all epochs lets DataLoader workers prepare the next epoch's first batches while the last ones
+    of the current epoch train, instead of stalling at every epoch boundary. Epoch e's order depends only on
+    (seed, e), and every epoch has `size // batch_size` full batches, so a run can start at any (epoch, step).
+    With `world_size` > 1 each process takes its `rank`'s contiguous slice of every batch (the batch stays the
+    same whatever the number of processes).
     """
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True):
-        self.size, self.seed, self.shuffle = size, seed, shuffle
-        self.epoch, self.skip = 0, 0
+    def __init__(self, size, batch_size, seed, first_epoch, first_step, last_epoch, rank=0, world_size=1):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.first_epoch, self.first_step, self.last_epoch = first_epoch, first_step, last_epoch
+        self.slice = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
 
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.size // self.batch_size
 
     def __iter__(self):
-        generator = np.random.default_rng([self.seed, self.epoch])
-        order = generator.permutation(self.size) if self.shuffle else np.arange(self.size)
-        seeds = generator.integers(0, 2**31 - 1, size=self.size)
-        for position in range(self.skip, self.size):
-            yield int(order[position]), int(seeds[position])
+        for epoch in range(self.first_epoch, self.last_epoch + 1):
+            order, seeds = epoch_order(self.size, self.seed, epoch)
+            first = self.first_step if epoch == self.first_epoch else 0
+            for step in range(first, self.steps_per_epoch):
+                positions = range(step * self.batch_size, (step + 1) * self.batch_size)[self.slice]
+                yield [(int(order[position]), int(seeds[position])) for position in positions]
 
     def __len__(self) -> int:
-        return self.size - self.skip
+        epochs = self.last_epoch - self.first_epoch + 1
+        return max(0, epochs * self.steps_per_epoch - self.first_step)
 
 
 def worker_init(_worker_id: int) -> None:
@@ -92,8 +107,8 @@ def worker_count(requested: int) -> int:
 
 def loader_options(workers: int, device: torch.device) -> dict:
     """DataLoader settings that keep a GPU fed: pinned memory (so copies to the GPU are asynchronous), and
-    workers that live across epochs with PREFETCH_BATCHES batches each ready in advance."""
+    PREFETCH_BATCHES batches per worker ready in advance."""
     options = dict(num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init)
     if workers > 0:
-        options.update(persistent_workers=True, prefetch_factor=PREFETCH_BATCHES)
+        options.update(prefetch_factor=PREFETCH_BATCHES)
     return options

@@ -29,8 +29,9 @@ MODEL_CONFIG_KEYS = ("in_channels", "out_channels", "base_channels", "depth")
 
 
 def cpu_state(module: torch.nn.Module) -> dict:
-    """The module's state dict as detached CPU tensors, for saving."""
-    return {name: value.detach().cpu() for name, value in module.state_dict().items()}
+    """A copy of the module's state dict as CPU tensors: it can be saved (also on another thread) while the
+    module trains on."""
+    return {name: value.detach().to("cpu", copy=True) for name, value in module.state_dict().items()}
 
 
 def model_checkpoint(model: UNet, image_size: int, epoch: int, metrics: dict, split: Split, config: dict) -> dict:

@@ -10,6 +10,7 @@ Every UPPER_CASE constant below can be edited here, set in a recipe file (config
 (IMAGE_SIZE -> --image-size); flags win over recipe files, which win over the constants.
 """
 
+import contextlib
 import functools
 import json
 import math
@@ -22,25 +23,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, m
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import BatchSampler, DataLoader
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from common.background import BackgroundWriter
 from common.config import Settings, flag_name, parse_settings, script_constants
 from common.device import autocast, autocast_dtype, configure_fast_path, describe_device, resolve_device
 from common.errors import UserError, run_main
 from common.files import exclusive_lock, remove_stale_temporaries, writable_folder, write_csv_atomic, write_text_atomic
 from common.interrupt import StopRequest
 from dataset import kvasir, transforms
-from dataset.segmentation import EpochSampler, PolypDataset, loader_options, worker_count
+from dataset.segmentation import PolypDataset, RunBatchSampler, loader_options, worker_count
 from dataset.splits import Split, make_split
 from model import build_unet, load_checkpoint, model_checkpoint, save_checkpoint
 from model.checkpoint import cpu_state
 from model.unet import smallest_input
 from utils.losses import bce_dice_loss
 from utils.metrics import binarize
-from utils.training import OPTIMIZERS, SCHEDULES, learning_rate_factor, make_optimizer, set_learning_rate, training_step
+from utils.training import (
+    COMPILE_MODES,
+    OPTIMIZERS,
+    SCHEDULES,
+    compile_model,
+    learning_rate_factor,
+    make_optimizer,
+    set_learning_rate,
+    training_step,
+)
 from utils.validation import validate
-from utils.visualization import panel_figure, save_figure
+from utils.visualization import can_show_windows, panel_figure, save_figure, show_figure, write_curves, write_panels
 
 # ----------------------------------------------------------------------------------------------------------
 # Data
@@ -69,21 +80,27 @@ EMA_DECAY = 0.0  # 0: off; else validate and save an exponential moving average 
 SEED = 42  # seeds the split, initialisation, shuffling and augmentation
 DEVICE = "auto"  # auto (the GPU when there is one) | cpu | cuda | cuda:N
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 with loss scaling on GPUs without bf16); ignored on CPU
-COMPILE = False  # torch.compile the training forward pass; off until scripts/benchmark.py --compile shows a gain
+COMPILE = "off"  # torch.compile mode of the training forward pass; off until scripts/benchmark.py shows a gain
 THREADS = 0  # PyTorch CPU threads; 0 keeps PyTorch's default (one per core). 1 is far faster on busy shared CPUs
 PANEL_EVERY = 5  # save (and show, where a window can open) input/truth/prediction panels every N epochs
 PANEL_IMAGES = 4  # how many fixed validation images the panels show
 SHOW_PANELS = True  # also open the panels in a window when matplotlib has an interactive backend
-OUTPUT_DIR = "outputs"  # history.csv, panels/, last.pth (the resumable state)
+SAVE_EVERY = 60.0  # seconds between saves of the resumable state (also saved at the end and on Ctrl-C/SIGTERM)
+OUTPUT_DIR = "outputs"  # history.csv, curves.png, panels/, last.pth (the resumable state), summary.json
 CHECKPOINT_PATH = "models/unet_kvasirseg.pth"  # the best model by validation Dice
 RESUME = False  # continue the run saved in OUTPUT_DIR/last.pth, with its recipe
 OVERWRITE = False  # start a new run even where OUTPUT_DIR or CHECKPOINT_PATH hold an earlier run's files
 
-CHOICES = {"AUGMENTATION": transforms.AUGMENTATIONS, "OPTIMIZER": OPTIMIZERS, "SCHEDULE": SCHEDULES}
+CHOICES = {
+    "AUGMENTATION": transforms.AUGMENTATIONS,
+    "OPTIMIZER": OPTIMIZERS,
+    "SCHEDULE": SCHEDULES,
+    "COMPILE": COMPILE_MODES,
+}
 # What --resume may change: how the run is carried out, and EPOCHS (train longer); never the recipe.
 RESUME_MAY_CHANGE = (
     "DATA_DIR", "DATA_URL", "CACHE", "NUM_WORKERS", "DEVICE", "COMPILE", "THREADS", "PANEL_EVERY", "PANEL_IMAGES",
-    "SHOW_PANELS", "OUTPUT_DIR", "CHECKPOINT_PATH", "RESUME", "OVERWRITE", "EPOCHS",
+    "SHOW_PANELS", "SAVE_EVERY", "OUTPUT_DIR", "CHECKPOINT_PATH", "RESUME", "OVERWRITE", "EPOCHS",
 )  # fmt: skip
 # ----------------------------------------------------------------------------------------------------------
 
@@ -114,6 +131,9 @@ def check_settings(config: dict) -> None:
         (0 <= config["EMA_DECAY"] < 1, "EMA_DECAY must be in [0, 1) (0 turns the moving average off)"),
         (config["PANEL_EVERY"] >= 1 and config["PANEL_IMAGES"] >= 1, "PANEL_EVERY and PANEL_IMAGES must be >= 1"),
         (config["THREADS"] >= 0, "THREADS must be >= 0 (0 keeps PyTorch's default)"),
+        (config["NUM_WORKERS"] >= -1, "NUM_WORKERS must be >= 0, or -1 to pick one per CPU core"),
+        (0 <= config["SEED"] < 2**32, "SEED must be a whole number from 0 to 2**32 - 1"),
+        (config["SAVE_EVERY"] >= 0, "SAVE_EVERY must be >= 0 seconds"),
     ]
     for ok, message in rules:
         if not ok:
@@ -162,7 +182,8 @@ def resumed_settings(state: dict, settings: Settings) -> dict:
 
 def run_files(output_dir: Path, checkpoint_path: Path) -> list[Path]:
     """The files a run writes that a new run would replace: its best model, resumable state, history and pictures."""
-    candidates = [checkpoint_path, *(output_dir / name for name in ("last.pth", "history.csv", "summary.json"))]
+    names = ("last.pth", "history.csv", "summary.json", "curves.png")
+    candidates = [checkpoint_path, *(output_dir / name for name in names)]
     return [path for path in candidates if path.is_file()] + sorted((output_dir / "panels").glob("epoch_*.png"))
 
 
@@ -188,6 +209,22 @@ def claim_run_files(output_dir: Path, checkpoint_path: Path, resuming: bool, ove
         )
     for path in earlier:
         path.unlink()
+
+
+@dataclass
+class Run:
+    """The fixed facts of this run: its settings, where it computes and where it writes."""
+
+    config: dict
+    device: torch.device
+    amp_dtype: torch.dtype | None  # the autocast type, None for full precision
+    memory_format: torch.memory_format
+    output_dir: Path
+    checkpoint_path: Path
+
+    @property
+    def last_path(self) -> Path:
+        return self.output_dir / "last.pth"
 
 
 # --- the training state: what `save_training_state` writes is exactly what `restore_training_state` reads ---
@@ -219,22 +256,22 @@ class Progress:
     best_dice: float = -1.0
 
 
-def save_training_state(path: Path, training: Training, progress: Progress, image_size: int, split, config) -> None:
-    """Write everything needed to continue exactly at `progress` (the start of its next step) to `path`."""
-    history = progress.history
-    state = model_checkpoint(training.model, image_size, progress.epoch, history[-1] if history else {}, split, config)
+def save_training_state(run: Run, training: Training, progress: Progress, split: Split) -> None:
+    """Write everything needed to continue exactly at `progress` (the start of its next step) to last.pth."""
+    metrics = progress.history[-1] if progress.history else {}
+    state = model_checkpoint(training.model, run.config["IMAGE_SIZE"], progress.epoch, metrics, split, run.config)
     if training.ema:
         state["ema_state"] = cpu_state(training.ema)
     state.update(
         step=progress.step,
         step_losses=progress.step_losses.cpu(),
-        history=history,
+        history=progress.history,
         best_dice=progress.best_dice,
         optimizer_state=training.optimizer.state_dict(),
         scaler_state=training.scaler.state_dict(),
         rng_state=torch.get_rng_state(),
     )
-    save_checkpoint(path, state)
+    save_checkpoint(run.last_path, state)
 
 
 def restore_training_state(state: dict, training: Training, device: torch.device) -> Progress:
@@ -257,8 +294,8 @@ def load_training_state(path: Path) -> dict:
     """The training state saved in `path` by an earlier run, with a clear error when there is none to resume."""
     if not path.is_file():
         raise UserError(
-            f"nothing to resume: {path} does not exist (a run writes it after every epoch and when stopped);"
-            " start without --resume, or pass the --output-dir of the run to continue."
+            f"nothing to resume: {path} does not exist (a run writes it while training and when it ends or is"
+            " stopped); start without --resume, or pass the --output-dir of the run to continue."
         )
     state = load_checkpoint(path)
     missing = [key for key in RESUMABLE_KEYS if key not in state]
@@ -272,22 +309,20 @@ def load_training_state(path: Path) -> dict:
 
 @dataclass
 class TrainingData:
-    """The loaders of one run and the fixed validation images its panels show."""
+    """The batches of one run: an augmented stream over all its remaining epochs, the validation batches (kept on
+    the device, as they never change), and the fixed validation images its panels show."""
 
     split: Split
-    sampler: EpochSampler
+    steps_per_epoch: int
     train_loader: DataLoader
-    val_loader: DataLoader
+    val_batches: list[tuple[torch.Tensor, torch.Tensor]]
     panel_images: torch.Tensor
     panel_masks: torch.Tensor
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.train_loader.batch_sampler.sampler) // self.train_loader.batch_sampler.batch_size
 
-
-def prepare_data(config: dict, device: torch.device) -> TrainingData:
-    """Get Kvasir-SEG, split it, and build the augmented training loader and the validation loader."""
+def prepare_data(run: Run, progress_epoch: int, progress_step: int) -> TrainingData:
+    """Get Kvasir-SEG, split it, and build the training stream from (epoch, step) on and the validation batches."""
+    config = run.config
     pairs = kvasir.prepare_kvasir_seg(config["DATA_DIR"], config["DATA_URL"])
     split = make_split([sample_id for sample_id, _, _ in pairs], config["VAL_FRACTION"], config["SEED"])
     print(f"split: {len(split.train)} train / {len(split.val)} validation / {len(split.test)} test (held out)")
@@ -298,58 +333,104 @@ def prepare_data(config: dict, device: torch.device) -> TrainingData:
     val_set = PolypDataset([by_id[i] for i in split.val], config["IMAGE_SIZE"], no_augment, cache_dir)
     if len(train_set) < config["BATCH_SIZE"]:
         raise UserError(f"BATCH_SIZE {config['BATCH_SIZE']} exceeds the {len(train_set)} training images.")
-    sampler = EpochSampler(len(train_set), config["SEED"])
-    options = loader_options(worker_count(config["NUM_WORKERS"]), device)
-    batches = BatchSampler(sampler, config["BATCH_SIZE"], drop_last=True)
+    batches = RunBatchSampler(
+        len(train_set), config["BATCH_SIZE"], config["SEED"], progress_epoch, progress_step, config["EPOCHS"]
+    )
+    loader = DataLoader(
+        train_set, batch_sampler=batches, **loader_options(worker_count(config["NUM_WORKERS"]), run.device)
+    )
+    val_batches = [
+        (images.to(run.device, memory_format=run.memory_format), masks.to(run.device))
+        for images, masks in DataLoader(val_set, batch_size=2 * config["BATCH_SIZE"])
+    ]
     panel_samples = [val_set[i] for i in range(min(config["PANEL_IMAGES"], len(val_set)))]
     return TrainingData(
         split,
-        sampler,
-        DataLoader(train_set, batch_sampler=batches, **options),
-        DataLoader(val_set, batch_size=2 * config["BATCH_SIZE"], **options),
+        batches.steps_per_epoch,
+        loader,
+        val_batches,
         torch.stack([image for image, _ in panel_samples]),
         torch.stack([mask for _, mask in panel_samples]),
     )
 
 
-def prepare_training(config: dict, device: torch.device, memory_format, amp_dtype) -> Training:
-    """The seeded U-Net on `device`, its weight average when EMA_DECAY > 0, the optimizer and the loss scaler."""
+def prepare_training(run: Run) -> Training:
+    """The seeded U-Net on the device, its weight average when EMA_DECAY > 0, the optimizer and the loss scaler."""
+    config = run.config
     torch.manual_seed(config["SEED"])
-    model = build_unet(config["BASE_CHANNELS"], config["DEPTH"]).to(device, memory_format=memory_format)
+    model = build_unet(config["BASE_CHANNELS"], config["DEPTH"]).to(run.device, memory_format=run.memory_format)
     ema = None
     if config["EMA_DECAY"]:  # a shadow copy; batch-norm statistics are averaged like the weights
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["EMA_DECAY"]), use_buffers=True)
     optimizer = make_optimizer(
-        model.parameters(), config["OPTIMIZER"], config["LEARNING_RATE"], config["WEIGHT_DECAY"], device
+        model.parameters(), config["OPTIMIZER"], config["LEARNING_RATE"], config["WEIGHT_DECAY"], run.device
     )
-    return Training(model, ema, optimizer, torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16))
+    scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
+    return Training(model, ema, optimizer, scaler)
 
 
 # --- at the end of an epoch ----------------------------------------------------------------------------------------
 
 
-def check_finite(progress: Progress, checkpoint_path) -> None:
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite: the weights are spoilt, so nothing is saved from here on."""
+
+
+def check_finite(progress: Progress, checkpoint_path: Path) -> None:
     """Stop on a NaN/inf loss, naming where it first appeared; checked once per epoch, not with a sync per step."""
     bad = (~torch.isfinite(progress.step_losses[: progress.step])).nonzero()
     if len(bad):
-        raise UserError(
+        raise NonFiniteLoss(
             f"the training loss became non-finite at epoch {progress.epoch}, step {int(bad[0]) + 1}; nothing from"
             f" this epoch was saved ({checkpoint_path} keeps the best earlier model)."
             " Try a lower --learning-rate or --no-mixed-precision."
         )
 
 
-def history_row(progress: Progress, validation: dict, learning_rate: float, seconds: float) -> dict:
-    """One line of history.csv for the epoch `progress` has just finished."""
-    return {
-        "epoch": progress.epoch,
+def end_epoch(run: Run, training: Training, data: TrainingData, progress: Progress, loss_fn, writer, seconds) -> dict:
+    """Validate, then record the epoch: the best model, panels, history.csv and the curves are written by the
+    background `writer`. `seconds` holds the epoch's time so far in training and saving. Returns the history row."""
+    config, epoch, started = run.config, progress.epoch, time.perf_counter()
+    validation = validate(training.evaluated, data.val_batches, loss_fn, run.device, run.amp_dtype)
+    validated = time.perf_counter()
+    row = {
+        "epoch": epoch,
         "train_loss": progress.step_losses.mean().item(),
         "val_loss": validation["loss"],
         "val_dice": validation["dice"],
         "val_iou": validation["iou"],
-        "learning_rate": learning_rate,
-        "seconds": round(seconds, 2),
+        "learning_rate": training.optimizer.param_groups[0]["lr"],
     }
+    improved = row["val_dice"] > progress.best_dice
+    if improved:
+        progress.best_dice = row["val_dice"]
+        checkpoint = model_checkpoint(training.evaluated, config["IMAGE_SIZE"], epoch, row, data.split, config)
+        writer.submit("best model", save_checkpoint, run.checkpoint_path, checkpoint)
+    if epoch % config["PANEL_EVERY"] == 0 or epoch == config["EPOCHS"]:
+        save_panels(run, training.evaluated, data, epoch, writer)
+    row["train_seconds"] = round(seconds["train"], 3)
+    row["val_seconds"] = round(validated - started, 3)
+    row["save_seconds"] = round(seconds["save"] + time.perf_counter() - validated, 3)
+    row["seconds"] = round(seconds["train"] + seconds["save"] + time.perf_counter() - started, 3)
+    progress.history.append(row)
+    writer.submit("history", write_csv_atomic, run.output_dir / "history.csv", list(progress.history))
+    writer.submit("curves", write_curves, list(progress.history), run.output_dir / "curves.png")
+    print(epoch_line(row, improved))
+    return row
+
+
+def save_panels(run: Run, model, data: TrainingData, epoch: int, writer) -> None:
+    """Predict the fixed validation images and save input / ground truth / prediction panels: drawn by the
+    background `writer`, or here when they also open in a window."""
+    with torch.inference_mode(), autocast(run.device, run.amp_dtype):
+        predictions = binarize(model(data.panel_images.to(run.device, memory_format=run.memory_format))).cpu()
+    path, title = run.output_dir / "panels" / f"epoch_{epoch:03d}.png", f"epoch {epoch}: validation images"
+    if run.config["SHOW_PANELS"] and can_show_windows():
+        figure = panel_figure(data.panel_images, data.panel_masks, predictions, title, window=True)
+        save_figure(figure, path)
+        show_figure(figure)
+    else:
+        writer.submit(path.name, write_panels, data.panel_images, data.panel_masks, predictions, path, title)
 
 
 def epoch_line(row: dict, improved: bool) -> str:
@@ -359,17 +440,6 @@ def epoch_line(row: dict, improved: bool) -> str:
         f"  val Dice {row['val_dice']:.4f}  val IoU {row['val_iou']:.4f}  ({row['seconds']:.1f} s)"
         + ("  * best, saved" if improved else "")
     )
-
-
-def save_panels(model, data: TrainingData, device, memory_format, amp_dtype, path: Path, epoch: int, show: bool):
-    """Predict the fixed validation images and save input / ground truth / prediction panels."""
-    with torch.inference_mode(), autocast(device, amp_dtype):
-        predictions = binarize(model(data.panel_images.to(device, memory_format=memory_format)))
-    figure = panel_figure(data.panel_images, data.panel_masks, predictions, f"epoch {epoch}: validation images")
-    save_figure(figure, path, show)
-
-
-# --- the run -------------------------------------------------------------------------------------------------------
 
 
 def run_summary(progress: Progress, wall_seconds: float, images_trained: int, device, config: dict) -> dict:
@@ -389,18 +459,33 @@ def run_summary(progress: Progress, wall_seconds: float, images_trained: int, de
     }
 
 
+# --- the run -------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def saved_on_error(run: Run, training: Training, progress: Progress, split: Split):
+    """Save the training state when the block ends with a problem the user can fix (a bad image, say), so the run
+    resumes where it stopped once it is fixed; not after a non-finite loss, which has spoilt the weights."""
+    try:
+        yield
+    except NonFiniteLoss:
+        raise
+    except UserError:
+        save_training_state(run, training, progress, split)
+        raise
+
+
 def main() -> int:
     started = time.perf_counter()
     config, resumed = read_settings()
     check_settings(config)
-    output_dir, checkpoint_path = Path(config["OUTPUT_DIR"]), Path(config["CHECKPOINT_PATH"])
-    last_path = output_dir / "last.pth"
     device = resolve_device(config["DEVICE"])
     amp_dtype = autocast_dtype(device) if config["MIXED_PRECISION"] else None
     print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)}, autocast {amp_dtype})" if amp_dtype else ""))
-    memory_format = configure_fast_path(device)
     if config["THREADS"]:
         torch.set_num_threads(config["THREADS"])
+    output_dir, checkpoint_path = Path(config["OUTPUT_DIR"]), Path(config["CHECKPOINT_PATH"])
+    run = Run(config, device, amp_dtype, configure_fast_path(device), output_dir, checkpoint_path)
     check_output_paths(output_dir, checkpoint_path)
 
     with (
@@ -414,35 +499,37 @@ def main() -> int:
         ):
             remove_stale_temporaries(folder, name)  # left by a run killed mid-write; never read, only tidied
         claim_run_files(output_dir, checkpoint_path, resuming=resumed is not None, overwrite=config["OVERWRITE"])
-        data = prepare_data(config, device)
-        training = prepare_training(config, device, memory_format, amp_dtype)
-        train_model = torch.compile(training.model) if config["COMPILE"] else training.model  # shares the weights
+        training = prepare_training(run)
+        progress = restore_training_state(resumed, training, device) if resumed else None
+        data = prepare_data(run, *((progress.epoch, progress.step) if progress else (1, 0)))
+        progress = progress or Progress(1, 0, step_losses=torch.zeros(data.steps_per_epoch, device=device))
+        train_model = compile_model(training.model, config["COMPILE"])  # shares the weights of training.model
         loss_fn = functools.partial(bce_dice_loss, bce_weight=config["BCE_WEIGHT"], dice_weight=config["DICE_WEIGHT"])
-        steps_per_epoch, epochs = data.steps_per_epoch, config["EPOCHS"]
+        steps, epochs = data.steps_per_epoch, config["EPOCHS"]
         schedule = functools.partial(
             learning_rate_factor,
-            warmup_steps=min(config["WARMUP_EPOCHS"] * steps_per_epoch, epochs * steps_per_epoch // 10),
-            total_steps=epochs * steps_per_epoch,
+            warmup_steps=min(config["WARMUP_EPOCHS"] * steps, epochs * steps // 10),
+            total_steps=epochs * steps,
             schedule=config["SCHEDULE"],
         )
-        if resumed:
-            progress = restore_training_state(resumed, training, device)
-        else:
-            progress = Progress(epoch=1, step=0, step_losses=torch.zeros(steps_per_epoch, device=device))
-        images_trained = 0
         parameters = sum(p.numel() for p in training.model.parameters())
-        print(f"training {parameters / 1e6:.2f} M parameters for {steps_per_epoch * epochs} steps")
+        print(f"training {parameters / 1e6:.2f} M parameters for {steps * epochs} steps")
 
-        with StopRequest() as stop:
+        images_trained, saved_at, batches = 0, time.monotonic(), iter(data.train_loader)
+        with StopRequest() as stop, BackgroundWriter() as writer, saved_on_error(run, training, progress, data.split):
             while progress.epoch <= epochs and not stop.requested:
-                epoch_start = time.perf_counter()
+                seconds, epoch_start = {"train": 0.0, "save": 0.0}, time.perf_counter()
                 training.model.train()
-                data.sampler.set_epoch(progress.epoch, skip=progress.step * config["BATCH_SIZE"])
-                bar = tqdm(data.train_loader, desc=f"epoch {progress.epoch}/{epochs}", leave=False, unit="batch")
-                for images, masks in bar:
-                    step = (progress.epoch - 1) * steps_per_epoch + progress.step
+                for _ in tqdm(range(progress.step, steps), desc=f"epoch {progress.epoch}/{epochs}", leave=False):
+                    if time.monotonic() - saved_at >= config["SAVE_EVERY"]:  # kill -9 loses at most this much
+                        save_started = time.perf_counter()
+                        save_training_state(run, training, progress, data.split)
+                        seconds["save"] += time.perf_counter() - save_started
+                        saved_at = time.monotonic()
+                    images, masks = next(batches)
+                    step = (progress.epoch - 1) * steps + progress.step
                     set_learning_rate(training.optimizer, config["LEARNING_RATE"] * schedule(step))
-                    images = images.to(device, non_blocking=True, memory_format=memory_format)
+                    images = images.to(device, non_blocking=True, memory_format=run.memory_format)
                     masks = masks.to(device, non_blocking=True)
                     loss = training_step(
                         train_model, images, masks, loss_fn, training.optimizer, training.scaler, amp_dtype
@@ -454,47 +541,20 @@ def main() -> int:
                         training.ema.update_parameters(training.model)
                     if stop.requested:
                         break
-                check_finite(progress, checkpoint_path)
-                if progress.step < steps_per_epoch:
+                check_finite(progress, checkpoint_path)  # waits for the device to finish the epoch's steps
+                seconds["train"] = time.perf_counter() - epoch_start - seconds["save"]
+                if progress.step < steps:
                     break  # stopped mid-epoch: saved below, at this step
-
-                validation = validate(training.evaluated, data.val_loader, loss_fn, device, amp_dtype)
-                learning_rate = config["LEARNING_RATE"] * schedule(progress.epoch * steps_per_epoch)
-                row = history_row(progress, validation, learning_rate, time.perf_counter() - epoch_start)
-                improved = row["val_dice"] > progress.best_dice
-                progress.history.append(row)
-                print(epoch_line(row, improved))
-                write_csv_atomic(output_dir / "history.csv", progress.history)
-                if improved:
-                    progress.best_dice = row["val_dice"]
-                    checkpoint = model_checkpoint(
-                        training.evaluated, config["IMAGE_SIZE"], progress.epoch, row, data.split, config
-                    )
-                    save_checkpoint(checkpoint_path, checkpoint)
-                if progress.epoch % config["PANEL_EVERY"] == 0 or progress.epoch == epochs:
-                    panel_path = output_dir / "panels" / f"epoch_{progress.epoch:03d}.png"
-                    save_panels(
-                        training.evaluated,
-                        data,
-                        device,
-                        memory_format,
-                        amp_dtype,
-                        panel_path,
-                        progress.epoch,
-                        config["SHOW_PANELS"],
-                    )
+                set_learning_rate(training.optimizer, config["LEARNING_RATE"] * schedule(progress.epoch * steps))
+                end_epoch(run, training, data, progress, loss_fn, writer, seconds)
                 progress.epoch, progress.step = progress.epoch + 1, 0
-                if not stop.requested:  # a stop saves once, below
-                    save_training_state(last_path, training, progress, config["IMAGE_SIZE"], data.split, config)
-
-        if stop.requested:  # Ctrl-C or SIGTERM: keep the state after the last step taken
-            save_training_state(last_path, training, progress, config["IMAGE_SIZE"], data.split, config)
-            if progress.epoch <= epochs:
-                print(
-                    f"saved the state at epoch {progress.epoch} step {progress.step} to {last_path};"
-                    " continue with --resume"
-                )
-                return stop.exit_status
+            save_training_state(run, training, progress, data.split)  # at the end, or on Ctrl-C / SIGTERM
+        if stop.requested and progress.epoch <= epochs:
+            print(
+                f"saved the state at epoch {progress.epoch} step {progress.step} to {run.last_path};"
+                " continue with --resume"
+            )
+            return stop.exit_status
         summary = run_summary(progress, time.perf_counter() - started, images_trained, device, config)
         write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(

@@ -10,8 +10,8 @@ from tests.scripts import run_script
 
 TINY = [
     "--device", "cpu", "--image-size", "32", "--base-channels", "4", "--depth", "2", "--batch-size", "4",
-    "--inference-batch-size", "4", "--warmup-steps", "1", "--steps", "2", "--pipeline-batches", "2",
-    "--num-workers", "1",
+    "--inference-batch-size", "4", "--inference-steps", "2", "--timed-epochs", "1", "--pipeline-batches", "2",
+    "--num-workers", "1", "--end-to-end-epochs", "2",
 ]  # fmt: skip
 NUMBER = r"\d+(\.\d+)?"
 
@@ -30,11 +30,17 @@ def test_benchmark_reports_fast_and_reference_loops(tmp_path):
     for section in ("training", "inference", "pipeline"):
         assert re.search(rf"^{section}\s+speed-up\s+{NUMBER}x$", result.stdout, re.M), section
     assert re.search(rf"^pipeline\s+reference\s+{NUMBER} samples/s$", result.stdout, re.M)
+    assert re.search(
+        rf"^end to end\s+train.py\s+{NUMBER} images/s\s+{NUMBER} s wall for 2 epochs$", result.stdout, re.M
+    )
+    assert re.search(r"^training\s+fast / device\s+\d+\.\d%$", result.stdout, re.M)
     assert "device: cpu" in result.stdout and "10 synthetic Kvasir-sized images" in result.stdout
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["training"]["fast"]["images_per_s"] > 0 and results["pipeline"]["fast_samples_per_s"] > 0
     assert results["flops_per_image"]["training"] > 2 * results["flops_per_image"]["inference"] > 0
-    assert results["settings"]["BASE_CHANNELS"] == 4 and results["settings"]["COMPILE"] is False
+    assert results["settings"]["BASE_CHANNELS"] == 4 and results["settings"]["COMPILE"] == "off"
+    assert results["steps_per_epoch"] == 10 // 4 and results["end_to_end"]["epochs"] == 2
+    assert results["end_to_end"]["images_trained"] > 0 and results["end_to_end"]["wall_seconds"] > 0
 
 
 @pytest.mark.slow

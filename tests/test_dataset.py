@@ -13,7 +13,7 @@ from dataset import cache
 from dataset.cache import cached_arrays
 from dataset.images import load_pair, read_mask, read_rgb
 from dataset.kvasir import prepare_kvasir_seg
-from dataset.segmentation import EpochSampler, PolypDataset
+from dataset.segmentation import PolypDataset, RunBatchSampler, epoch_order
 from dataset.transforms import build_transform
 
 
@@ -49,16 +49,17 @@ def test_same_seed_same_augmentation(pairs):
     assert any(not torch.equal(first[0], dataset[(0, seed)][0]) for seed in range(124, 130))
 
 
-def test_epoch_sampler_is_seeded_and_resumable():
-    sampler = EpochSampler(10, seed=3)
-    sampler.set_epoch(2)
-    full = list(sampler)
-    assert sorted(index for index, _ in full) == list(range(10))
-    assert list(sampler) == full
-    sampler.set_epoch(2, skip=4)
-    assert list(sampler) == full[4:] and len(sampler) == 6
-    sampler.set_epoch(3)
-    assert list(sampler) != full
+def test_run_sampler_is_seeded_resumable_and_sliced_per_process():
+    run = list(RunBatchSampler(10, 4, seed=3, first_epoch=1, first_step=0, last_epoch=3))
+    assert len(run) == len(RunBatchSampler(10, 4, 3, 1, 0, 3)) == 6  # 2 full batches of 4 per epoch, for 3 epochs
+    for epoch in (1, 2, 3):
+        order, seeds = epoch_order(10, 3, epoch)
+        expected = [(int(order[i]), int(seeds[i])) for i in range(8)]
+        assert run[2 * (epoch - 1)] + run[2 * (epoch - 1) + 1] == expected
+    assert run[:2] != run[2:4]  # a new order each epoch
+    assert list(RunBatchSampler(10, 4, 3, first_epoch=2, first_step=1, last_epoch=3)) == run[3:]
+    halves = [list(RunBatchSampler(10, 4, 3, 1, 0, 3, rank=rank, world_size=2)) for rank in (0, 1)]
+    assert [first + second for first, second in zip(*halves, strict=True)] == run
 
 
 @pytest.mark.parametrize("augmentation", ["none", "strong", "heavy"])

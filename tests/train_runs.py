@@ -59,6 +59,6 @@ def error_line(stderr: str) -> str:
 
 
 def read_history(path):
-    """history.csv rows without the wall-clock `seconds` column."""
+    """history.csv rows without the wall-clock columns (`seconds`, `train_seconds`, ...)."""
     with open(path) as file:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(file)]
+        return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in csv.DictReader(file)]

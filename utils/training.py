@@ -8,12 +8,23 @@ from common.device import autocast
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+COMPILE_MODES = (
+    "off",
+    "default",
+    "reduce-overhead",
+    "max-autotune",
+)  # torch.compile modes; reduce-overhead: CUDA graphs
 
 
 def make_optimizer(parameters, name: str, learning_rate: float, weight_decay: float, device: torch.device):
     """Adam or AdamW; on CUDA the fused version, one kernel per step instead of several per parameter."""
     optimizer_class = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
     return optimizer_class(parameters, lr=learning_rate, weight_decay=weight_decay, fused=device.type == "cuda")
+
+
+def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """`model` compiled with torch.compile in `mode` (sharing its weights), or `model` itself when mode is off."""
+    return model if mode == "off" else torch.compile(model, mode=None if mode == "default" else mode)
 
 
 def training_step(model, images, masks, loss_fn, optimizer, scaler, amp_dtype) -> torch.Tensor:
