@@ -71,13 +71,41 @@ class UNet(nn.Module):
         self.outc = OutConv(widths[0], out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outc(self.decoder_maps(x)[-1])
+
+    def decoder_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Down the contracting path to the bottleneck, then up the expanding path with the skips; the feature maps
+        of each decoder level, coarsest first (the last one, at the input's size, is what `outc` reads)."""
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))
         x = skips.pop()  # the bottleneck
+        maps = []
         for up in self.ups:
             x = up(x, skips.pop())
-        return self.outc(x)
+            maps.append(x)
+        return maps
+
+
+class DeepSupervision(nn.Module):
+    """Training-time wrapper: the U-Net's logits plus auxiliary logits from its coarser decoder levels (a 1x1 conv
+    each, upsampled to the input's size), so that every level is pushed towards the mask. Only the U-Net is kept
+    for inference: evaluate, predict and the notebook never see the auxiliary heads."""
+
+    def __init__(self, unet: UNet, levels: int):
+        super().__init__()
+        self.unet = unet
+        widths = [unet.outc.in_channels * 2**level for level in range(1, levels + 1)]  # the levels above the last
+        self.heads = nn.ModuleList(OutConv(width, unet.outc.out_channels) for width in reversed(widths))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        maps = self.unet.decoder_maps(x)
+        size = x.shape[2:]
+        auxiliary = [
+            F.interpolate(head(level), size=size, mode="bilinear", align_corners=False)
+            for head, level in zip(self.heads, maps[-1 - len(self.heads) : -1], strict=True)
+        ]
+        return self.unet.outc(maps[-1]), auxiliary
 
 
 def smallest_input(depth: int) -> int:

@@ -35,10 +35,11 @@ from common.interrupt import StopRequest
 from dataset import kvasir, transforms
 from dataset.segmentation import PolypDataset, RunBatchSampler, loader_options, worker_count
 from dataset.splits import Split, make_split
-from model import build_unet, load_checkpoint, model_checkpoint, save_checkpoint
+from model import build_unet, load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
 from model.checkpoint import cpu_state
-from model.unet import smallest_input
-from utils.losses import bce_dice_loss
+from model.unet import DeepSupervision, UNet, smallest_input
+from utils.inference import THRESHOLD
+from utils.losses import LOSSES, deeply_supervised, make_loss
 from utils.metrics import binarize
 from utils.training import (
     COMPILE_MODES,
@@ -47,10 +48,12 @@ from utils.training import (
     compile_model,
     learning_rate_factor,
     make_optimizer,
+    multi_scale_size,
+    resize_batch,
     set_learning_rate,
     training_step,
 )
-from utils.validation import validate
+from utils.validation import choose_threshold, validate
 from utils.visualization import can_show_windows, panel_figure, save_figure, show_figure, write_curves, write_panels
 
 # ----------------------------------------------------------------------------------------------------------
@@ -73,9 +76,14 @@ OPTIMIZER = "adamw"  # AdamW decouples weight decay from the gradient step
 WEIGHT_DECAY = 1e-4  # L2 penalty on the weights (decoupled with adamw)
 SCHEDULE = "cosine"  # learning rate after warm-up: constant, or cosine decay to zero (per step)
 WARMUP_EPOCHS = 3  # linear warm-up from 0 to LEARNING_RATE over this many epochs, at most a tenth of the run
-BCE_WEIGHT = 1.0  # loss = BCE_WEIGHT * BCE + DICE_WEIGHT * (1 - soft Dice)
-DICE_WEIGHT = 1.0  # see BCE_WEIGHT
+LOSS = "bce_dice"  # bce_dice: BCE_WEIGHT * BCE + DICE_WEIGHT * (1 - soft Dice); structure: PraNet's boundary-weighted
+BCE_WEIGHT = 1.0  # weight of the pixel-wise BCE in the bce_dice loss
+DICE_WEIGHT = 1.0  # weight of the soft Dice loss in the bce_dice loss
+DEEP_SUPERVISION = 0.0  # 0: off; else the weight of auxiliary losses on the 2 coarser decoder levels (training only)
+MULTI_SCALE = False  # train each batch at 0.75, 1 or 1.25 x IMAGE_SIZE (seeded per step; validation stays at size)
+GRAD_CLIP = 0.0  # 0: off; else clip the gradients' global norm to this
 EMA_DECAY = 0.0  # 0: off; else validate and save an exponential moving average of the weights, updated every step
+THRESHOLD_SEARCH = False  # after training, pick the probability threshold (0.3-0.7) with the best validation Dice
 # Run
 SEED = 42  # seeds the split, initialisation, shuffling and augmentation
 DEVICE = "auto"  # auto (the GPU when there is one) | cpu | cuda | cuda:N
@@ -93,6 +101,7 @@ OVERWRITE = False  # start a new run even where OUTPUT_DIR or CHECKPOINT_PATH ho
 
 CHOICES = {
     "AUGMENTATION": transforms.AUGMENTATIONS,
+    "LOSS": LOSSES,
     "OPTIMIZER": OPTIMIZERS,
     "SCHEDULE": SCHEDULES,
     "COMPILE": COMPILE_MODES,
@@ -129,6 +138,11 @@ def check_settings(config: dict) -> None:
         ],
         (config["WARMUP_EPOCHS"] >= 0, "WARMUP_EPOCHS must be >= 0"),
         (0 <= config["EMA_DECAY"] < 1, "EMA_DECAY must be in [0, 1) (0 turns the moving average off)"),
+        (
+            math.isfinite(config["DEEP_SUPERVISION"]) and config["DEEP_SUPERVISION"] >= 0,
+            "DEEP_SUPERVISION must be >= 0",
+        ),
+        (math.isfinite(config["GRAD_CLIP"]) and config["GRAD_CLIP"] >= 0, "GRAD_CLIP must be >= 0 (0 turns it off)"),
         (config["PANEL_EVERY"] >= 1 and config["PANEL_IMAGES"] >= 1, "PANEL_EVERY and PANEL_IMAGES must be >= 1"),
         (config["THREADS"] >= 0, "THREADS must be >= 0 (0 keeps PyTorch's default)"),
         (config["NUM_WORKERS"] >= -1, "NUM_WORKERS must be >= 0, or -1 to pick one per CPU core"),
@@ -232,9 +246,11 @@ class Run:
 
 @dataclass
 class Training:
-    """What the optimisation changes: the weights, their moving average (or None), the optimizer, the loss scaler."""
+    """What the optimisation changes: the U-Net, the module trained (the U-Net, or it wrapped in DeepSupervision with
+    auxiliary heads), the weight average (or None), the optimizer and the loss scaler."""
 
-    model: torch.nn.Module
+    model: UNet
+    network: torch.nn.Module
     ema: AveragedModel | None
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -262,6 +278,8 @@ def save_training_state(run: Run, training: Training, progress: Progress, split:
     state = model_checkpoint(training.model, run.config["IMAGE_SIZE"], progress.epoch, metrics, split, run.config)
     if training.ema:
         state["ema_state"] = cpu_state(training.ema)
+    if training.network is not training.model:
+        state["auxiliary_heads_state"] = cpu_state(training.network.heads)
     state.update(
         step=progress.step,
         step_losses=progress.step_losses.cpu(),
@@ -279,6 +297,8 @@ def restore_training_state(state: dict, training: Training, device: torch.device
     training.model.load_state_dict(state["model_state"])
     if training.ema:
         training.ema.load_state_dict(state["ema_state"])
+    if training.network is not training.model:
+        training.network.heads.load_state_dict(state["auxiliary_heads_state"])
     training.optimizer.load_state_dict(state["optimizer_state"])
     training.scaler.load_state_dict(state["scaler_state"])
     torch.set_rng_state(state["rng_state"])
@@ -358,15 +378,17 @@ def prepare_training(run: Run) -> Training:
     """The seeded U-Net on the device, its weight average when EMA_DECAY > 0, the optimizer and the loss scaler."""
     config = run.config
     torch.manual_seed(config["SEED"])
-    model = build_unet(config["BASE_CHANNELS"], config["DEPTH"]).to(run.device, memory_format=run.memory_format)
+    model = build_unet(config["BASE_CHANNELS"], config["DEPTH"])
+    network = DeepSupervision(model, levels=min(2, config["DEPTH"] - 1)) if config["DEEP_SUPERVISION"] else model
+    network.to(run.device, memory_format=run.memory_format)
     ema = None
     if config["EMA_DECAY"]:  # a shadow copy; batch-norm statistics are averaged like the weights
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["EMA_DECAY"]), use_buffers=True)
     optimizer = make_optimizer(
-        model.parameters(), config["OPTIMIZER"], config["LEARNING_RATE"], config["WEIGHT_DECAY"], run.device
+        network.parameters(), config["OPTIMIZER"], config["LEARNING_RATE"], config["WEIGHT_DECAY"], run.device
     )
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
-    return Training(model, ema, optimizer, scaler)
+    return Training(model, network, ema, optimizer, scaler)
 
 
 # --- at the end of an epoch ----------------------------------------------------------------------------------------
@@ -442,7 +464,23 @@ def epoch_line(row: dict, improved: bool) -> str:
     )
 
 
-def run_summary(progress: Progress, wall_seconds: float, images_trained: int, device, config: dict) -> dict:
+def choose_and_save_threshold(run: Run, data: TrainingData) -> float:
+    """Pick the probability threshold with the best validation Dice for the best model, and store it in its
+    checkpoint, where evaluate.py, predict.py and the notebook read it."""
+    checkpoint = load_checkpoint(run.checkpoint_path)
+    model = model_from_checkpoint(checkpoint).to(run.device, memory_format=run.memory_format)
+    threshold, dice = choose_threshold(model, data.val_batches, run.device, run.amp_dtype)
+    checkpoint["preprocessing"]["threshold"] = threshold
+    checkpoint["metrics"]["val_dice_by_threshold"] = dice
+    save_checkpoint(run.checkpoint_path, checkpoint)
+    chosen, usual = dice[threshold], dice[THRESHOLD]
+    print(f"threshold {threshold} chosen on validation (Dice {chosen:.4f}; {usual:.4f} at {THRESHOLD})")
+    return threshold
+
+
+def run_summary(
+    progress: Progress, wall_seconds: float, images_trained: int, device, config: dict, threshold: float
+) -> dict:
     """What OUTPUT_DIR/summary.json records of a finished run: its best epoch and how fast it ran end to end."""
     best = max(progress.history, key=lambda row: row["val_dice"])
     return {
@@ -455,6 +493,7 @@ def run_summary(progress: Progress, wall_seconds: float, images_trained: int, de
         "images_per_second": round(images_trained / wall_seconds, 1),
         "device": describe_device(device),
         "checkpoint": config["CHECKPOINT_PATH"],
+        "threshold": threshold,
         "recipes": config["RECIPES"],
     }
 
@@ -503,8 +542,11 @@ def main() -> int:
         progress = restore_training_state(resumed, training, device) if resumed else None
         data = prepare_data(run, *((progress.epoch, progress.step) if progress else (1, 0)))
         progress = progress or Progress(1, 0, step_losses=torch.zeros(data.steps_per_epoch, device=device))
-        train_model = compile_model(training.model, config["COMPILE"])  # shares the weights of training.model
-        loss_fn = functools.partial(bce_dice_loss, bce_weight=config["BCE_WEIGHT"], dice_weight=config["DICE_WEIGHT"])
+        train_model = compile_model(training.network, config["COMPILE"])  # shares the weights of training.network
+        loss_fn = make_loss(config["LOSS"], config["BCE_WEIGHT"], config["DICE_WEIGHT"])  # also validation's loss
+        train_loss_fn = (
+            deeply_supervised(loss_fn, config["DEEP_SUPERVISION"]) if config["DEEP_SUPERVISION"] else loss_fn
+        )
         steps, epochs = data.steps_per_epoch, config["EPOCHS"]
         schedule = functools.partial(
             learning_rate_factor,
@@ -531,8 +573,18 @@ def main() -> int:
                     set_learning_rate(training.optimizer, config["LEARNING_RATE"] * schedule(step))
                     images = images.to(device, non_blocking=True, memory_format=run.memory_format)
                     masks = masks.to(device, non_blocking=True)
+                    if config["MULTI_SCALE"]:
+                        size = multi_scale_size(config["IMAGE_SIZE"], config["SEED"], step)
+                        images, masks = resize_batch(images, masks, size)
                     loss = training_step(
-                        train_model, images, masks, loss_fn, training.optimizer, training.scaler, amp_dtype
+                        train_model,
+                        images,
+                        masks,
+                        train_loss_fn,
+                        training.optimizer,
+                        training.scaler,
+                        amp_dtype,
+                        config["GRAD_CLIP"],
                     )
                     progress.step_losses[progress.step] = loss
                     progress.step += 1
@@ -555,7 +607,8 @@ def main() -> int:
                 " continue with --resume"
             )
             return stop.exit_status
-        summary = run_summary(progress, time.perf_counter() - started, images_trained, device, config)
+        threshold = choose_and_save_threshold(run, data) if config["THRESHOLD_SEARCH"] else THRESHOLD
+        summary = run_summary(progress, time.perf_counter() - started, images_trained, device, config, threshold)
         write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(
         f"done in {summary['wall_seconds']:.1f} s: {summary['images_trained']} training images at"

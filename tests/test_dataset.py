@@ -23,7 +23,7 @@ def pairs(kvasir_dir):
 
 
 @pytest.mark.parametrize("size", [16, 32, 48])
-@pytest.mark.parametrize("augmentation", ["none", "flips", "strong", "heavy"])
+@pytest.mark.parametrize("augmentation", ["none", "flips", "strong", "heavy", "wide"])
 def test_items_have_expected_shapes_and_values(pairs, size, augmentation):
     dataset = PolypDataset(pairs, size, build_transform(augmentation))
     image, mask = dataset[(3, 7)]

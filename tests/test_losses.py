@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.losses import bce_dice_loss, soft_dice_loss
+from utils.losses import bce_dice_loss, deeply_supervised, make_loss, soft_dice_loss, structure_loss
 
 
 def test_soft_dice_hand_computed():
@@ -42,3 +42,30 @@ def test_loss_is_per_image_mean_and_differentiable():
     expected_dice = 1 - ((2 * 2 + 1) / (2 + 4 + 1) + (0 + 1) / (2 + 0 + 1)) / 2
     assert loss.item() == pytest.approx(math.log(2) + expected_dice)
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+def test_structure_loss_hand_computed_without_a_boundary():
+    logits, targets = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    # an empty mask has no boundary, so every weight is 1: BCE ln 2, IoU part 1 - (0 + 1) / (16 * 0.5 + 1)
+    assert structure_loss(logits, targets).item() == pytest.approx(math.log(2) + 8 / 9)
+
+
+def test_structure_loss_weighs_the_boundary_more():
+    targets = torch.zeros(1, 1, 64, 64)
+    targets[..., 16:48, 16:48] = 1
+    near_edge, far_inside = targets.clone(), targets.clone()
+    near_edge[..., 16, 20:44] = 0  # the same number of wrong pixels, on the boundary or in the middle
+    far_inside[..., 32, 20:44] = 0
+    confident = lambda mask: (mask * 2 - 1) * 6  # noqa: E731
+    assert structure_loss(confident(near_edge), targets) > structure_loss(confident(far_inside), targets)
+    assert structure_loss(confident(targets), targets).item() == pytest.approx(0, abs=0.01)
+
+
+def test_deep_supervision_adds_the_weighted_mean_of_the_auxiliary_losses():
+    torch.manual_seed(0)
+    targets = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    logits, auxiliary = torch.randn(2, 1, 8, 8), [torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)]
+    loss = make_loss("bce_dice")
+    expected = loss(logits, targets) + 0.4 * (loss(auxiliary[0], targets) + loss(auxiliary[1], targets)) / 2
+    assert deeply_supervised(loss, 0.4)((logits, auxiliary), targets).item() == pytest.approx(expected.item())
+    assert make_loss("structure") is structure_loss

@@ -16,8 +16,9 @@ from dataset.synthetic import make_kvasir_folder
 from tests.scripts import REPO
 from tests.train_runs import command_line, error_line, read_history, train_in_process
 
-# long enough that a signal after epoch 1 lands mid-run; with the weight average, whose state must resume too
-EPOCHS = ["--epochs", "10", "--panel-every", "100", "--ema-decay", "0.9"]
+# long enough that a signal after epoch 1 lands mid-run; with the weight average and the auxiliary heads of deep
+# supervision, whose states must resume too
+EPOCHS = ["--epochs", "10", "--panel-every", "100", "--ema-decay", "0.9", "--deep-supervision", "0.5"]
 EPOCH_LINE = re.compile(r"^epoch +\d+  train loss")
 
 

@@ -10,8 +10,10 @@ import torch
 
 from dataset.kvasir import prepare_kvasir_seg
 from dataset.splits import make_split
+from model import build_unet
 from tests.scripts import REPO
 from tests.train_runs import TINY, error_line, read_history, train, train_in_process
+from utils.validation import THRESHOLDS
 
 
 @pytest.fixture(params=[[], ["--ema-decay", "0.9"]], ids=["weights", "moving-average"])
@@ -184,3 +186,16 @@ def test_unwritable_output_paths_are_refused_before_any_work(tmp_path, broken):
     status, _, stderr = train_in_process(tmp_path, "--epochs", "1")
     assert status == 2 and expected in error_line(stderr)
     assert not (tmp_path / "data").exists()  # refused before the data was looked for
+
+
+def test_every_lever_trains_and_leaves_a_plain_unet_with_its_threshold(kvasir_dir, tmp_path):
+    levers = ["--loss", "structure", "--deep-supervision", "0.5", "--multi-scale", "--grad-clip", "1.0",
+              "--augmentation", "wide", "--ema-decay", "0.5", "--threshold-search", "--image-size", "48"]  # fmt: skip
+    status, stdout, stderr = train_in_process(tmp_path, "--epochs", "4", "--learning-rate", "3e-3", *levers)
+    assert status == 0, stderr[-2000:]
+    history = read_history(tmp_path / "run" / "history.csv")
+    assert float(history[-1]["train_loss"]) < float(history[0]["train_loss"])  # it learns
+    checkpoint = torch.load(tmp_path / "run" / "best.pth", weights_only=True)
+    assert set(checkpoint["model_state"]) == set(build_unet(4, 2).state_dict())  # no auxiliary heads kept
+    assert checkpoint["preprocessing"]["threshold"] in THRESHOLDS and "threshold" in stdout
+    assert "auxiliary_heads_state" in torch.load(tmp_path / "run" / "last.pth", weights_only=True)

@@ -1,19 +1,18 @@
-"""The training step shared by scripts/train.py and scripts/benchmark.py, its optimizer and learning-rate schedule."""
+"""The training step shared by scripts/train.py and scripts/benchmark.py, with its optimizer, learning-rate
+schedule, compilation and multi-scale resizing."""
 
 import math
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from common.device import autocast
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
-COMPILE_MODES = (
-    "off",
-    "default",
-    "reduce-overhead",
-    "max-autotune",
-)  # torch.compile modes; reduce-overhead: CUDA graphs
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # torch.compile modes (or off)
+MULTI_SCALES = (0.75, 1.0, 1.25)  # PraNet's multi-scale training: each batch at one of these times IMAGE_SIZE
 
 
 def make_optimizer(parameters, name: str, learning_rate: float, weight_decay: float, device: torch.device):
@@ -27,16 +26,39 @@ def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     return model if mode == "off" else torch.compile(model, mode=None if mode == "default" else mode)
 
 
-def training_step(model, images, masks, loss_fn, optimizer, scaler, amp_dtype) -> torch.Tensor:
-    """One forward, backward and optimizer step; returns the detached loss without waiting for the GPU."""
+def training_step(model, images, masks, loss_fn, optimizer, scaler, amp_dtype, grad_clip: float = 0.0):
+    """One forward, backward and optimizer step; returns the detached loss without waiting for the GPU.
+
+    With `grad_clip` > 0 the gradients' global norm is clipped to it first (on the unscaled gradients).
+    """
     with autocast(images.device, amp_dtype):
-        logits = model(images)
-    loss = loss_fn(logits, masks)
+        outputs = model(images)
+    loss = loss_fn(outputs, masks)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip, foreach=True)
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
+
+
+def multi_scale_size(image_size: int, seed: int, step: int, multiple: int = 32) -> int:
+    """The side of step `step`'s batch in multi-scale training: a seeded choice of MULTI_SCALES x image_size,
+    rounded to a multiple of `multiple`. It depends only on (seed, step), so resuming is exact."""
+    scale = np.random.default_rng([seed, step]).choice(MULTI_SCALES)
+    return max(multiple, round(image_size * scale / multiple) * multiple)
+
+
+def resize_batch(images: torch.Tensor, masks: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch resized to size x size: images bilinearly, masks bilinearly then binarised again at 0.5."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images, masks
+    resized = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    resized_masks = F.interpolate(masks, size=(size, size), mode="bilinear", align_corners=False) > 0.5
+    return resized, resized_masks.to(masks.dtype)  # interpolate keeps the images' memory format
 
 
 def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:

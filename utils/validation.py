@@ -1,4 +1,5 @@
-"""The validation pass of training: loss, Dice and IoU at the training size, every epoch."""
+"""The validation pass of training: loss, Dice and IoU at the training size, every epoch; and the choice of the
+probability threshold on the validation images."""
 
 import torch
 
@@ -22,3 +23,27 @@ def validate(model, loader, loss_fn, device: torch.device, amp_dtype=None) -> di
         count += len(images)
     loss, dice, iou = (totals / max(count, 1)).tolist()
     return {"loss": loss, "dice": dice, "iou": iou}
+
+
+THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.30, 0.35, ..., 0.70
+
+
+@torch.inference_mode()
+def choose_threshold(model, batches, device: torch.device, amp_dtype=None) -> tuple[float, dict[float, float]]:
+    """The probability threshold among THRESHOLDS with the best per-image validation Dice, and the Dice of each.
+
+    0.5 is kept unless another threshold scores strictly higher, so a threshold is only moved when it wins.
+    """
+    model.eval()
+    totals = torch.zeros(len(THRESHOLDS), dtype=torch.float64, device=device)
+    count = 0
+    for images, masks in batches:
+        with autocast(device, amp_dtype):
+            probabilities = torch.sigmoid(model(images.to(device)).float())
+        for index, threshold in enumerate(THRESHOLDS):
+            counts = confusion_counts(probabilities > threshold, masks.to(device))
+            totals[index] += scores_from_counts(counts)["dice"].sum()
+        count += len(images)
+    dice = dict(zip(THRESHOLDS, (totals / max(count, 1)).tolist(), strict=True))
+    best = max(THRESHOLDS, key=lambda threshold: (dice[threshold], threshold == 0.5))
+    return best, dice

@@ -1,0 +1,69 @@
+"""utils/training.py and utils/validation.py: schedule, multi-scale resizing, gradient clipping, threshold choice."""
+
+import pytest
+import torch
+
+from utils.losses import bce_dice_loss
+from utils.training import learning_rate_factor, multi_scale_size, resize_batch, training_step
+from utils.validation import THRESHOLDS, choose_threshold
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    factors = [learning_rate_factor(step, 10, 100, "cosine") for step in range(100)]
+    assert factors[:10] == pytest.approx([(step + 1) / 10 for step in range(10)])
+    assert factors[10] == 1.0 and factors[55] == pytest.approx(0.5) and factors[-1] == pytest.approx(0.0, abs=1e-3)
+    assert learning_rate_factor(50, 10, 100, "constant") == 1.0
+
+
+@pytest.mark.parametrize("image_size", [256, 352])
+def test_multi_scale_sizes_are_seeded_multiples_of_32_around_the_size(image_size):
+    sizes = [multi_scale_size(image_size, seed=42, step=step) for step in range(200)]
+    expected = {round(image_size * scale / 32) * 32 for scale in (0.75, 1.0, 1.25)}
+    assert set(sizes) == expected
+    assert sizes == [multi_scale_size(image_size, seed=42, step=step) for step in range(200)]  # resumable
+    assert sizes != [multi_scale_size(image_size, seed=43, step=step) for step in range(200)]
+
+
+def test_resized_masks_stay_binary_and_images_keep_their_layout():
+    images = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    masks = (torch.rand(2, 1, 32, 32) > 0.5).float()
+    resized, resized_masks = resize_batch(images, masks, 64)
+    assert resized.shape == (2, 3, 64, 64) and resized.is_contiguous(memory_format=torch.channels_last)
+    assert resized_masks.shape == (2, 1, 64, 64) and set(resized_masks.unique().tolist()) <= {0.0, 1.0}
+    assert resize_batch(images, masks, 32)[0] is images
+
+
+def test_gradient_clipping_bounds_the_update():
+    torch.manual_seed(0)
+    steps = {}
+    for clip in (0.0, 1e-3):
+        torch.manual_seed(0)
+        model = torch.nn.Conv2d(3, 1, 3, padding=1)
+        before = model.weight.detach().clone()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        images, masks = torch.randn(2, 3, 8, 8) * 10, torch.ones(2, 1, 8, 8)
+        training_step(model, images, masks, bce_dice_loss, optimizer, scaler, None, grad_clip=clip)
+        steps[clip] = (model.weight.detach() - before).norm().item()
+    assert steps[1e-3] <= 1e-3 * 1.0001 < steps[0.0]
+
+
+class FixedProbabilities(torch.nn.Module):
+    """Returns the logits of fixed probabilities, whatever the input."""
+
+    def __init__(self, probabilities: torch.Tensor):
+        super().__init__()
+        self.logits = torch.logit(probabilities)
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1, -1, -1)
+
+
+def test_threshold_moves_only_when_another_wins_on_validation():
+    masks = torch.zeros(1, 1, 1, 4)
+    masks[..., :2] = 1
+    low = FixedProbabilities(torch.tensor([[[[0.4, 0.4, 0.1, 0.1]]]]))  # the polyp is found only below 0.4
+    threshold, dice = choose_threshold(low, [(torch.zeros(1, 3, 1, 4), masks)], torch.device("cpu"))
+    assert set(dice) == set(THRESHOLDS) and dice[0.35] == 1.0 and dice[0.5] == 0.0 and threshold in (0.3, 0.35)
+    exact = FixedProbabilities(torch.tensor([[[[0.9, 0.9, 0.1, 0.1]]]]))  # every threshold scores 1: keep 0.5
+    assert choose_threshold(exact, [(torch.zeros(1, 3, 1, 4), masks)], torch.device("cpu"))[0] == 0.5
