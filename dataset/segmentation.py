@@ -96,8 +96,18 @@ class RunBatchSampler(Sampler):
 
 
 def worker_init(_worker_id: int) -> None:
-    """Workers ignore Ctrl-C: the main process catches it, saves, and shuts them down in order."""
+    """Workers leave Ctrl-C and a first SIGTERM to the main process, which saves and then shuts them down in order.
+
+    A terminal's Ctrl-C, and SLURM's or systemd's SIGTERM, reach every process of the run at once; a worker that
+    died of it would end the run with a DataLoader traceback instead of a save. A second SIGTERM (how a worker is
+    terminated when it does not stop by itself) ends the worker.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _ignore_first_sigterm)
+
+
+def _ignore_first_sigterm(number, _frame) -> None:
+    signal.signal(number, signal.SIG_DFL)
 
 
 def worker_count(requested: int) -> int:

@@ -1,5 +1,6 @@
 """Train / validation / test split: the official Kvasir-SEG 880/120 split, validation carved from the 880."""
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,7 +66,13 @@ def make_split(ids: list[str], val_fraction: float, seed: int) -> Split:
         )
         train_ids, test_ids = train_test_split(sorted(ids), test_size=FALLBACK_TEST_FRACTION, random_state=seed)
         official = False
-    train_ids, val_ids = train_test_split(train_ids, test_size=val_fraction, random_state=seed)
+    validation = math.ceil(val_fraction * len(train_ids))
+    if not 1 <= validation < len(train_ids):
+        raise UserError(
+            f"VAL_FRACTION {val_fraction} leaves {len(train_ids) - validation} of the {len(train_ids)} training images"
+            f" for training and {validation} for validation; both need at least one (try 0.1)."
+        )
+    train_ids, val_ids = train_test_split(train_ids, test_size=validation, random_state=seed)
     return Split(sorted(train_ids), sorted(val_ids), sorted(test_ids), official)
 
 

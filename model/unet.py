@@ -114,9 +114,9 @@ def smallest_input(depth: int) -> int:
     return 2 ** (depth + 1)
 
 
-def build_unet(base_channels: int = 64, depth: int = 4, in_channels: int = 3, out_channels: int = 1) -> UNet:
-    """A U-Net of this architecture, refused with the parameter count when it is too large to train, before any
-    memory is allocated (it is first built on the meta device, which holds shapes only)."""
+def check_unet_size(base_channels: int, depth: int, in_channels: int = 3, out_channels: int = 1) -> int:
+    """The parameter count of a U-Net of this architecture, counted on the meta device (shapes only, no memory);
+    refused with that count when it exceeds MAX_PARAMETERS."""
     with torch.device("meta"):
         parameters = sum(p.numel() for p in UNet(in_channels, out_channels, base_channels, depth).parameters())
     if parameters > MAX_PARAMETERS:
@@ -124,4 +124,10 @@ def build_unet(base_channels: int = 64, depth: int = 4, in_channels: int = 3, ou
             f"a U-Net of base width {base_channels} and depth {depth} has {parameters / 1e6:,.0f} M parameters, more"
             f" than the {MAX_PARAMETERS / 1e6:,.0f} M this repository trains; lower BASE_CHANNELS or DEPTH."
         )
+    return parameters
+
+
+def build_unet(base_channels: int = 64, depth: int = 4, in_channels: int = 3, out_channels: int = 1) -> UNet:
+    """A U-Net of this architecture, refused before any memory is allocated when it is too large to train."""
+    check_unet_size(base_channels, depth, in_channels, out_channels)
     return UNet(in_channels, out_channels, base_channels, depth)

@@ -37,7 +37,7 @@ from dataset.segmentation import PolypDataset, RunBatchSampler, loader_options, 
 from dataset.splits import Split, make_split
 from model import build_unet, load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
 from model.checkpoint import cpu_state
-from model.unet import DeepSupervision, UNet, smallest_input
+from model.unet import DeepSupervision, UNet, check_unet_size, smallest_input
 from utils.inference import THRESHOLD
 from utils.losses import LOSSES, deeply_supervised, make_loss
 from utils.metrics import binarize
@@ -152,6 +152,7 @@ def check_settings(config: dict) -> None:
     for ok, message in rules:
         if not ok:
             raise UserError(f"{message}.")
+    check_unet_size(config["BASE_CHANNELS"], config["DEPTH"])
 
 
 def read_settings() -> tuple[dict, dict | None]:

@@ -116,11 +116,11 @@ def interrupted_runs(tmp_path_factory):
     assert reference[0] == 0, reference[2][-2000:]
     results = {}
     control_c = lambda pid: os.killpg(pid, signal.SIGINT)  # noqa: E731  the terminal signals the whole group
-    sigterm = lambda pid: os.kill(pid, signal.SIGTERM)  # noqa: E731
+    sigterm = lambda pid: os.killpg(pid, signal.SIGTERM)  # noqa: E731  as SLURM and systemd signal the whole group
     kill_9 = lambda pid: os.kill(pid, signal.SIGKILL)  # noqa: E731
     for name, send, flags in [
         ("SIGINT", control_c, [*EPOCHS, "--num-workers", "1"]),
-        ("SIGTERM", sigterm, ["--resume"]),
+        ("SIGTERM", sigterm, ["--resume", "--num-workers", "1"]),
         ("SIGKILL", kill_9, ["--resume", "--num-workers", "1"]),
     ]:
         process, stderr = start(tmp_path, *flags)

@@ -114,6 +114,12 @@ def test_bad_setting_is_refused_by_the_script_before_any_work(tmp_path):
         (["--bce-weight", "inf"], "BCE_WEIGHT and DICE_WEIGHT must be finite"),
         (["--dice-weight", "-1"], "BCE_WEIGHT and DICE_WEIGHT must be finite, >= 0"),
         (["--device", "cuda"], "DEVICE='cuda' but no CUDA GPU is visible"),
+        (["--seed", "-1"], "SEED must be a whole number from 0 to 2**32 - 1"),
+        (["--num-workers=-5"], "NUM_WORKERS must be >= 0, or -1 to pick one per CPU core"),
+        (["--base-channels", "100000", "--depth", "4"], "has 75,740,023 M parameters, more than the 2,000 M"),
+        (["--save-every=-1"], "SAVE_EVERY must be >= 0 seconds"),
+        (["--grad-clip", "nan"], "GRAD_CLIP must be >= 0"),
+        (["--loss", "focal"], "LOSS must be one of bce_dice, structure"),
     ],
 )
 def test_bad_settings_are_refused_before_any_work(tmp_path, monkeypatch, flags, message):
@@ -124,6 +130,12 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, monkeypatch, flags, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fraction", ["0.999", "0.95"])
+def test_a_validation_fraction_that_leaves_a_part_empty_is_refused(kvasir_dir, tmp_path, fraction):
+    status, _, stderr = train_in_process(tmp_path, "--epochs", "1", "--val-fraction", fraction)
+    assert status == 2 and f"VAL_FRACTION {fraction} leaves" in error_line(stderr)
+
+
 def test_failed_download_exits_with_one_line_saying_where_to_put_the_zip(tmp_path):
     result = train(tmp_path, "--data-url", "http://127.0.0.1:9/x.zip", check=False)
     assert result.returncode == 2
