@@ -10,7 +10,6 @@ from common.errors import UserError
 
 SPLIT_DIR = Path(__file__).parent / "splits"
 FALLBACK_TEST_FRACTION = 0.12  # the official split's 120 of 1000
-SCORED_PARTS = ("test", "val")  # the parts of a checkpoint's split that scripts/evaluate.py scores
 
 
 @dataclass(frozen=True)
@@ -49,23 +48,31 @@ def official_split() -> tuple[list[str], list[str]]:
     return read_ids(SPLIT_DIR / "train.txt"), read_ids(SPLIT_DIR / "test.txt")
 
 
-def make_split(ids: list[str], val_fraction: float, seed: int) -> Split:
-    """Official test ids when all published ids are present, else a seeded random test split (said so).
+def make_split(ids: list[str], val_fraction: float, seed: int, test_ids: list[str] | None = None) -> Split:
+    """The official Kvasir-SEG test ids when all published ids are present (or the given `test_ids`), else a
+    seeded random test split (said so).
 
     Validation is a seeded carve-out of `val_fraction` of the training ids; the test ids are never used
     for training or model selection.
     """
+    if test_ids is not None:
+        held_out = set(test_ids)
+        return carve_validation([i for i in ids if i not in held_out], sorted(test_ids), val_fraction, seed, False)
     official_train, official_test = official_split()
-    available = set(ids)
-    if available.issuperset(official_train + official_test):
-        train_ids, test_ids, official = sorted(official_train), sorted(official_test), True
-    else:
-        print(
-            f"the data lacks the official Kvasir-SEG split ids; using a seeded random split (seed {seed},"
-            f" {FALLBACK_TEST_FRACTION:.0%} test)"
-        )
-        train_ids, test_ids = train_test_split(sorted(ids), test_size=FALLBACK_TEST_FRACTION, random_state=seed)
-        official = False
+    if set(ids).issuperset(official_train + official_test):
+        return carve_validation(sorted(official_train), sorted(official_test), val_fraction, seed, True)
+    return random_split(ids, val_fraction, seed, "the data lacks the official Kvasir-SEG split ids")
+
+
+def random_split(ids: list[str], val_fraction: float, seed: int, reason: str) -> Split:
+    """A seeded random FALLBACK_TEST_FRACTION test part, then the validation carve-out; prints `reason`."""
+    print(f"{reason}; using a seeded random split (seed {seed}, {FALLBACK_TEST_FRACTION:.0%} test)")
+    train_ids, test_ids = train_test_split(sorted(ids), test_size=FALLBACK_TEST_FRACTION, random_state=seed)
+    return carve_validation(train_ids, test_ids, val_fraction, seed, False)
+
+
+def carve_validation(train_ids: list[str], test_ids: list[str], val_fraction: float, seed: int, official: bool):
+    """The Split with a seeded `val_fraction` of `train_ids` held out for validation."""
     validation = math.ceil(val_fraction * len(train_ids))
     if not 1 <= validation < len(train_ids):
         raise UserError(
@@ -76,16 +83,13 @@ def make_split(ids: list[str], val_fraction: float, seed: int) -> Split:
     return Split(sorted(train_ids), sorted(val_ids), sorted(test_ids), official)
 
 
-def part_pairs(pairs, split: Split, part: str) -> list[tuple[str, Path, Path]]:
-    """The (id, image, mask) pairs of one part of `split`, refusing when the data lacks some of its ids."""
-    if part not in SCORED_PARTS:
-        raise UserError(f"--split must be {' or '.join(SCORED_PARTS)}, not {part!r}.")
+def pairs_with_ids(pairs, ids: list[str], what: str) -> list[tuple[str, Path, Path]]:
+    """The (id, image, mask) pairs of `ids`, in that order, refusing when the data lacks some of them."""
     by_id = {pair[0]: pair for pair in pairs}
-    wanted = getattr(split, part)
-    missing = [sample_id for sample_id in wanted if sample_id not in by_id]
+    missing = [sample_id for sample_id in ids if sample_id not in by_id]
     if missing:
         raise UserError(
-            f"the data found lacks {len(missing)} of the {len(wanted)} {part} images this checkpoint was split with"
-            f" (e.g. {missing[0]}); point --data-dir at the data it was trained on."
+            f"the data found lacks {len(missing)} of the {len(ids)} {what} images this checkpoint was split with"
+            f" (e.g. {missing[0]}); point --data-dir (or the dataset's folders) at the data it was trained on."
         )
-    return [by_id[sample_id] for sample_id in wanted]
+    return [by_id[sample_id] for sample_id in ids]

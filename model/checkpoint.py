@@ -7,7 +7,9 @@ saved atomically and loaded with weights_only=True (nothing in it needs unpickli
 | `model_config` | `in_channels`, `out_channels`, `base_channels`, `depth`: `build_unet(**model_config)` rebuilds it |
 | `preprocessing` | `image_size`, and the `mean` and `std` that normalise RGB images scaled to [0, 1] |
 | `epoch`, `metrics` | the epoch it was saved at and its validation scores |
+| `datasets` | the datasets trained on: `name`, and for a folder its `images` and `masks` folders and `test_list` |
 | `split` | the sample ids of the `train`, `val` and `test` parts, and whether the test ids are the `official` ones |
+| `digests` | a content digest of every training and validation image, so no copy of one is ever scored as held out |
 | `config` | every training setting of the run, for the record |
 
 scripts/train.py's resumable state (`last.pth`) is such a checkpoint plus the optimizer, schedule and progress.
@@ -20,7 +22,7 @@ import torch
 
 from common.errors import UserError
 from common.files import atomic_path
-from dataset.splits import Split
+from dataset.sources import DataRecord
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from model.unet import UNet, build_unet
 
@@ -34,15 +36,16 @@ def cpu_state(module: torch.nn.Module) -> dict:
     return {name: value.detach().to("cpu", copy=True) for name, value in module.state_dict().items()}
 
 
-def model_checkpoint(model: UNet, image_size: int, epoch: int, metrics: dict, split: Split, config: dict) -> dict:
-    """The portable checkpoint of `model`: its weights and everything needed to rebuild and feed it."""
+def model_checkpoint(model: UNet, image_size: int, epoch: int, metrics: dict, data: DataRecord, config: dict) -> dict:
+    """The portable checkpoint of `model`: its weights, everything needed to rebuild and feed it, and what it was
+    trained on."""
     return {
         "model_state": cpu_state(model),
         "model_config": dict(model.config),
         "preprocessing": {"image_size": image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
         "epoch": epoch,
         "metrics": metrics,
-        "split": split.as_dict(),
+        **data.as_dict(),
         "config": config,
     }
 

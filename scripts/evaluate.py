@@ -1,41 +1,51 @@
-"""Score a trained U-Net on the Kvasir-SEG test split (or any folder of images with masks), at each mask's own size.
+"""Score a trained U-Net on held-out images, at each mask's own size: Kvasir-SEG's test split, or any datasets.
 
-    python scripts/evaluate.py                                   # models/unet_kvasirseg.pth on the 120 test images
+    python scripts/evaluate.py                                   # models/unet_kvasirseg.pth on its held-out images
     python scripts/evaluate.py --split val                       # its validation carve-out, to choose settings
     python scripts/evaluate.py --no-tta --json outputs/evaluation/summary.json   # one forward pass per image
-    python scripts/evaluate.py --images other/images --masks other/masks   # every image of another dataset
+    python scripts/evaluate.py --datasets kvasir CVC-ClinicDB=data/TestDataset/CVC-ClinicDB \
+        ETIS=data/TestDataset/ETIS-LaribPolypDB                  # one table row per dataset
+    python scripts/evaluate.py --images other/images --masks other/masks   # every image of one folder pair
 
 Every UPPER_CASE constant below can be edited here or given as a flag (CHECKPOINT -> --checkpoint).
 """
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, model/, utils/ from anywhere
-
 
 from common.config import parse_settings, script_constants
 from common.device import describe_device
 from common.errors import UserError, run_main
 from common.files import write_csv_atomic, write_text_atomic
-from dataset import kvasir
 from dataset.images import read_rgb
-from dataset.splits import Split, part_pairs
+from dataset.sources import (
+    SCORED_PARTS,
+    DataRecord,
+    Source,
+    held_out_pairs,
+    parse_source,
+    seen_images,
+    source_pairs,
+)
 from model import load_checkpoint
 from utils import inference  # as a module: its THRESHOLD is not a setting of this script
 from utils.scoring import GLOBAL_METRICS, METRICS, score_pairs, summarize
 
 CHECKPOINT = "models/unet_kvasirseg.pth"  # the model to score
 DATA_DIR = "data"  # Kvasir-SEG as train.py gets it (downloaded into this folder when missing)
-SPLIT = "test"  # test: the 120 held-out images | val: the checkpoint's validation carve-out (for choosing settings)
-IMAGES = ""  # with MASKS: score every image of this folder instead of a split
+SPLIT = "test"  # which part of a trained-on dataset to score: test (held out) or val (what the model was chosen on)
+DATASETS = []  # kvasir, NAME=FOLDER or NAME=IMAGES:MASKS to score; empty: the datasets the model was trained on
+IMAGES = ""  # with MASKS: score every image of this folder instead (a one-row DATASETS)
 MASKS = ""  # masks with the same file name stems as the images in IMAGES
 BATCH_SIZE = 8  # images per forward pass (also the batch of the speed measurement)
 TTA = True  # average the probabilities of the image and its flips (chosen on validation, see README "Results")
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 on GPUs without bf16); ignored on the CPU
-CSV = "outputs/evaluation/per_image.csv"  # one row per image: id, width, height, metrics, pixel counts
+CSV = "outputs/evaluation/per_image.csv"  # one row per image: dataset, id, width, height, metrics, pixel counts
 JSON = ""  # when set, also write the summary as JSON to this path
 
 METRIC_LABELS = {  # how the printed table names utils.scoring's METRICS
@@ -48,26 +58,63 @@ METRIC_LABELS = {  # how the printed table names utils.scoring's METRICS
 }
 
 
-def select_pairs(config: dict, checkpoint: dict) -> tuple[list[tuple[str, Path, Path]], str]:
-    """The (id, image, mask) pairs to score and a description of where they come from.
+@dataclass
+class Target:
+    """One dataset to score: its name, its (id, image, mask) pairs, and which of its images they are."""
 
-    Without IMAGES/MASKS: the SPLIT part of the split recorded in the checkpoint, found in DATA_DIR.
-    """
+    name: str
+    pairs: list
+    description: str
+
+
+def scoring_targets(config: dict, record: DataRecord) -> list[Target]:
+    """What to score: IMAGES/MASKS, else each of DATASETS, else the datasets the model was trained on. A dataset the
+    model was trained on gives its SPLIT part (held-out test images, or the validation carve-out); any other
+    dataset all its images."""
     if bool(config["IMAGES"]) != bool(config["MASKS"]):
         raise UserError("give both --images and --masks (a folder of images and a folder of their masks).")
     if config["IMAGES"]:
         for flag in ("IMAGES", "MASKS"):
             if not Path(config[flag]).is_dir():
                 raise UserError(f"--{flag.lower()} {config[flag]} is not a folder.")
-        pairs = kvasir.pair_images_and_masks(config["IMAGES"], config["MASKS"])
-        return pairs, f"all {len(pairs)} images of {config['IMAGES']}"
-    split = Split.from_checkpoint(checkpoint)
-    pairs = part_pairs(kvasir.prepare_kvasir_seg(config["DATA_DIR"]), split, config["SPLIT"])
-    if config["SPLIT"] == "val":
-        kind = "validation carve-out the checkpoint was chosen on"
+        sources = [Source(Path(config["IMAGES"]).resolve().parent.name or "images", config["IMAGES"], config["MASKS"])]
     else:
-        kind = "official Kvasir-SEG test split" if split.official else "seeded test split"
-    return pairs, f"the {len(pairs)} images of the {kind}"
+        sources = [parse_source(spec) for spec in config["DATASETS"]] or record.datasets
+    if config["SPLIT"] not in SCORED_PARTS:
+        raise UserError(f"--split must be {' or '.join(SCORED_PARTS)}, not {config['SPLIT']!r}.")
+    trained_on = {source.name: source for source in record.datasets}
+    targets = []
+    for source in sources:
+        if trained_on.get(source.name) == source or (source.is_kvasir and source.name in trained_on):
+            pairs = held_out_pairs(record, source, config["SPLIT"], config["DATA_DIR"])
+            kind = describe_part(source, record, config["SPLIT"])
+        else:
+            pairs, kind = source_pairs(source, config["DATA_DIR"]), f"all images of {source.images or source.name}"
+        refuse_seen_images(source.name, pairs, record, config["SPLIT"])
+        targets.append(Target(source.name, pairs, f"{len(pairs)} images: {kind}"))
+    return targets
+
+
+def describe_part(source: Source, record: DataRecord, part: str) -> str:
+    """How the scored part of a trained-on dataset is described in the report."""
+    if part == "val":
+        return "the validation carve-out the checkpoint was chosen on"
+    if source.is_kvasir and record.split.official:
+        return "the official Kvasir-SEG test split"
+    return "the held-out test split (" + ("its test list" if source.test_list else "seeded") + ")"
+
+
+def refuse_seen_images(name: str, pairs, record: DataRecord, part: str) -> None:
+    """Refuse to score images the model trained on (or, scoring held-out images, was validated on), found by
+    content: the same image in another copy of the data, or under another name, counts."""
+    seen = seen_images(record, pairs, parts=("train",) if part == "val" else ("train", "val"))
+    if seen:
+        example, seen_as = seen[0]
+        raise UserError(
+            f"{len(seen)} of the {len(pairs)} {name} images to score are images this model was trained or validated"
+            f" on (e.g. {example} is its {seen_as}), so their scores would not be held-out scores; score its held-out"
+            " split (the default), or data it never saw."
+        )
 
 
 def rounded(row: dict) -> dict:
@@ -76,15 +123,37 @@ def rounded(row: dict) -> dict:
 
 
 def format_report(report: dict) -> str:
-    """The summary as a plain-text table: per-image mean and std of each metric, then the global scores."""
-    summary, speed = report["summary"], report["speed"]
+    """The report as plain text: for one dataset the per-image mean and std of each metric and the global scores;
+    for several the cross-dataset table, one row per dataset."""
+    speed = report["speed"]
     lines = [
-        f"{report['source']}",
+        *(f"{dataset['name']}: {dataset['source']}" for dataset in report["datasets"]),
         f"checkpoint {report['checkpoint']} (epoch {report['epoch']}, trained at {report['image_size']} px),"
         f" threshold {report['threshold']}, TTA {'on' if report['tta'] else 'off'}, scored at each mask's own size",
         "",
-        f"{'metric':<32}{'mean':>8}{'std':>8}",
+        *(summary_table(report["summary"]) if len(report["datasets"]) == 1 else dataset_table(report["datasets"])),
+        "",
+        f"speed: {speed['images_per_second']:.1f} images/s, {speed['ms_per_image']:.2f} ms/image (model alone,"
+        f" batches of {speed['batch_size']} at {report['image_size']} px, {report['device']})",
     ]
+    return "\n".join(lines)
+
+
+def dataset_table(datasets: list[dict]) -> list[str]:
+    """The table the polyp literature reports: per dataset the images and the per-image mean of each metric
+    (mDice, mIoU, ...), and the global Dice (all its pixels pooled)."""
+    header = f"{'dataset':<20}{'images':>7}" + "".join(f"{METRIC_LABELS[name][:9]:>10}" for name in METRICS)
+    lines = [header + f"{'global Dice':>12}"]
+    for dataset in datasets:
+        summary = dataset["summary"]
+        means = "".join(f"{summary['mean'][name]:>10.4f}" for name in METRICS)
+        lines.append(f"{dataset['name'][:19]:<20}{summary['images']:>7}{means}{summary['global']['dice']:>12.4f}")
+    return lines
+
+
+def summary_table(summary: dict) -> list[str]:
+    """Per-image mean and standard deviation of each metric, then the global scores."""
+    lines = [f"{'metric':<32}{'mean':>8}{'std':>8}"]
     lines += [
         f"{METRIC_LABELS[name] + ' (per image)':<32}{summary['mean'][name]:>8.4f}{summary['std'][name]:>8.4f}"
         for name in METRICS
@@ -93,40 +162,48 @@ def format_report(report: dict) -> str:
         f"{METRIC_LABELS[name] + ' (global, pixels pooled)':<32}{summary['global'][name]:>8.4f}"
         for name in GLOBAL_METRICS
     ]
-    lines += [
-        "",
-        f"speed: {speed['images_per_second']:.1f} images/s, {speed['ms_per_image']:.2f} ms/image (model alone,"
-        f" batches of {speed['batch_size']} at {report['image_size']} px, {report['device']})",
-    ]
-    return "\n".join(lines)
+    return lines
+
+
+def write_files(config: dict, rows: list[dict], report: dict) -> None:
+    """The per-image CSV and the JSON summary, after the report is on the screen: a failed write loses no scores."""
+    try:
+        write_csv_atomic(config["CSV"], [rounded(row) for row in rows])
+        if config["JSON"]:
+            write_text_atomic(config["JSON"], json.dumps(report, indent=2) + "\n")
+    except OSError as error:
+        reason = f"{error.strerror or error}: {error.filename}"
+        raise UserError(f"could not write the scores printed above ({reason}).") from None
+    print(f"per-image scores: {config['CSV']}" + (f"; summary: {config['JSON']}" if config["JSON"] else ""))
 
 
 def main() -> None:
     config = parse_settings(script_constants(globals()), __file__).values
     checkpoint = load_checkpoint(config["CHECKPOINT"])
     predictor = inference.predictor_from_settings(checkpoint, config)
-    pairs, source = select_pairs(config, checkpoint)
-    print(f"scoring {source} on {describe_device(predictor.device)}")
+    targets = scoring_targets(config, DataRecord.from_checkpoint(checkpoint))
+    print(f"scoring {', '.join(target.name for target in targets)} on {describe_device(predictor.device)}")
 
-    rows = score_pairs(predictor, pairs, config["BATCH_SIZE"], progress=True)
-    speed_images = [read_rgb(image_path) for _, image_path, _ in pairs[: config["BATCH_SIZE"]]]
+    rows, datasets = [], []
+    for target in targets:
+        scored = score_pairs(predictor, target.pairs, config["BATCH_SIZE"], progress=True)
+        rows += [{"dataset": target.name, **row} for row in scored]
+        datasets.append({"name": target.name, "source": target.description, "summary": summarize(scored)})
+    speed_images = [read_rgb(image_path) for _, image_path, _ in targets[0].pairs[: config["BATCH_SIZE"]]]
     speed = inference.measure_speed(predictor, predictor.prepare(speed_images))
     report = {
         "checkpoint": config["CHECKPOINT"],
         "epoch": checkpoint.get("epoch"),
         "image_size": predictor.preprocessing["image_size"],
-        "source": f"Scored {source}.",
         "tta": config["TTA"],
         "threshold": inference.THRESHOLD,
         "device": describe_device(predictor.device),
+        "datasets": datasets,
         "summary": summarize(rows),
         "speed": {**speed, "batch_size": len(speed_images)},
     }
-    write_csv_atomic(config["CSV"], [rounded(row) for row in rows])
-    if config["JSON"]:
-        write_text_atomic(config["JSON"], json.dumps(report, indent=2) + "\n")
     print(format_report(report))
-    print(f"per-image scores: {config['CSV']}" + (f"; summary: {config['JSON']}" if config["JSON"] else ""))
+    write_files(config, rows, report)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from common.files import exclusive_lock, remove_stale_temporaries, writable_fold
 from common.interrupt import StopRequest
 from dataset import kvasir, transforms
 from dataset.segmentation import PolypDataset, RunBatchSampler, loader_options, worker_count
-from dataset.splits import Split, make_split
+from dataset.sources import DataRecord, combined_split, file_digest, parse_source, source_pairs, source_split
 from model import build_unet, load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
 from model.checkpoint import cpu_state
 from model.unet import DeepSupervision, UNet, check_unet_size, smallest_input
@@ -58,10 +58,11 @@ from utils.visualization import can_show_windows, panel_figure, save_figure, sho
 
 # ----------------------------------------------------------------------------------------------------------
 # Data
-DATA_DIR = "data"  # holds Kvasir-SEG/ or kvasir-seg.zip; the zip is downloaded here when neither is present
+DATASETS = ["kvasir"]  # what to train on: kvasir, NAME=FOLDER (with images/, masks/) or NAME=IMAGES:MASKS; mixed
+DATA_DIR = "data"  # holds Kvasir-SEG/ or kvasir-seg.zip (downloaded here when neither is present), and the cache
 DATA_URL = kvasir.KVASIR_SEG_URL  # where to download the zip from
 IMAGE_SIZE = 256  # images and masks are resized to IMAGE_SIZE x IMAGE_SIZE
-VAL_FRACTION = 0.1  # share of the 880 official training images held out for validation
+VAL_FRACTION = 0.1  # share of each dataset's training images (Kvasir-SEG: the official 880) held out for validation
 AUGMENTATION = "strong"  # random changes to each training image (see dataset/transforms.py)
 CACHE = True  # decode and resize each image once into DATA_DIR/cache (memory-mapped afterwards)
 NUM_WORKERS = -1  # DataLoader worker processes; -1 picks min(8, CPU count - 1)
@@ -153,6 +154,9 @@ def check_settings(config: dict) -> None:
         if not ok:
             raise UserError(f"{message}.")
     check_unet_size(config["BASE_CHANNELS"], config["DEPTH"])
+    names = [parse_source(spec).name for spec in config["DATASETS"]]
+    if len(set(names)) < len(names):
+        raise UserError(f"DATASETS names a dataset twice ({', '.join(names)}); give each a name of its own.")
 
 
 def read_settings() -> tuple[dict, dict | None]:
@@ -273,10 +277,10 @@ class Progress:
     best_dice: float = -1.0
 
 
-def save_training_state(run: Run, training: Training, progress: Progress, split: Split) -> None:
+def save_training_state(run: Run, training: Training, progress: Progress, record: DataRecord) -> None:
     """Write everything needed to continue exactly at `progress` (the start of its next step) to last.pth."""
     metrics = progress.history[-1] if progress.history else {}
-    state = model_checkpoint(training.model, run.config["IMAGE_SIZE"], progress.epoch, metrics, split, run.config)
+    state = model_checkpoint(training.model, run.config["IMAGE_SIZE"], progress.epoch, metrics, record, run.config)
     if training.ema:
         state["ema_state"] = cpu_state(training.ema)
     if training.network is not training.model:
@@ -331,9 +335,9 @@ def load_training_state(path: Path) -> dict:
 @dataclass
 class TrainingData:
     """The batches of one run: an augmented stream over all its remaining epochs, the validation batches (kept on
-    the device, as they never change), and the fixed validation images its panels show."""
+    the device, as they never change), the fixed validation images its panels show, and the record of its data."""
 
-    split: Split
+    record: DataRecord
     steps_per_epoch: int
     train_loader: DataLoader
     val_batches: list[tuple[torch.Tensor, torch.Tensor]]
@@ -342,12 +346,20 @@ class TrainingData:
 
 
 def prepare_data(run: Run, progress_epoch: int, progress_step: int) -> TrainingData:
-    """Get Kvasir-SEG, split it, and build the training stream from (epoch, step) on and the validation batches."""
+    """Get and split every dataset of DATASETS, and build the training stream from (epoch, step) on and the
+    validation batches of all of them together."""
     config = run.config
-    pairs = kvasir.prepare_kvasir_seg(config["DATA_DIR"], config["DATA_URL"])
-    split = make_split([sample_id for sample_id, _, _ in pairs], config["VAL_FRACTION"], config["SEED"])
+    sources, pairs, splits = [parse_source(spec) for spec in config["DATASETS"]], [], []
+    for source in sources:
+        found = source_pairs(source, config["DATA_DIR"], config["DATA_URL"])
+        splits.append(
+            source_split(source, [sample_id for sample_id, _, _ in found], config["VAL_FRACTION"], config["SEED"])
+        )
+        pairs += found
+    split = combined_split(splits)
     print(f"split: {len(split.train)} train / {len(split.val)} validation / {len(split.test)} test (held out)")
     by_id = {pair[0]: pair for pair in pairs}
+    digests = {sample_id: file_digest(by_id[sample_id][1]) for sample_id in split.train + split.val}
     cache_dir = Path(config["DATA_DIR"]) / "cache" if config["CACHE"] else None
     augment, no_augment = transforms.build_transform(config["AUGMENTATION"]), transforms.build_transform("none")
     train_set = PolypDataset([by_id[i] for i in split.train], config["IMAGE_SIZE"], augment, cache_dir)
@@ -366,7 +378,7 @@ def prepare_data(run: Run, progress_epoch: int, progress_step: int) -> TrainingD
     ]
     panel_samples = [val_set[i] for i in range(min(config["PANEL_IMAGES"], len(val_set)))]
     return TrainingData(
-        split,
+        DataRecord(sources, split, digests),
         batches.steps_per_epoch,
         loader,
         val_batches,
@@ -427,7 +439,7 @@ def end_epoch(run: Run, training: Training, data: TrainingData, progress: Progre
     improved = row["val_dice"] > progress.best_dice
     if improved:
         progress.best_dice = row["val_dice"]
-        checkpoint = model_checkpoint(training.evaluated, config["IMAGE_SIZE"], epoch, row, data.split, config)
+        checkpoint = model_checkpoint(training.evaluated, config["IMAGE_SIZE"], epoch, row, data.record, config)
         writer.submit("best model", save_checkpoint, run.checkpoint_path, checkpoint)
     if epoch % config["PANEL_EVERY"] == 0 or epoch == config["EPOCHS"]:
         save_panels(run, training.evaluated, data, epoch, writer)
@@ -503,7 +515,7 @@ def run_summary(
 
 
 @contextlib.contextmanager
-def saved_on_error(run: Run, training: Training, progress: Progress, split: Split):
+def saved_on_error(run: Run, training: Training, progress: Progress, record: DataRecord):
     """Save the training state when the block ends with a problem the user can fix (a bad image, say), so the run
     resumes where it stopped once it is fixed; not after a non-finite loss, which has spoilt the weights."""
     try:
@@ -511,7 +523,7 @@ def saved_on_error(run: Run, training: Training, progress: Progress, split: Spli
     except NonFiniteLoss:
         raise
     except UserError:
-        save_training_state(run, training, progress, split)
+        save_training_state(run, training, progress, record)
         raise
 
 
@@ -559,14 +571,14 @@ def main() -> int:
         print(f"training {parameters / 1e6:.2f} M parameters for {steps * epochs} steps")
 
         images_trained, saved_at, batches = 0, time.monotonic(), iter(data.train_loader)
-        with StopRequest() as stop, BackgroundWriter() as writer, saved_on_error(run, training, progress, data.split):
+        with StopRequest() as stop, BackgroundWriter() as writer, saved_on_error(run, training, progress, data.record):
             while progress.epoch <= epochs and not stop.requested:
                 seconds, epoch_start = {"train": 0.0, "save": 0.0}, time.perf_counter()
                 training.model.train()
                 for _ in tqdm(range(progress.step, steps), desc=f"epoch {progress.epoch}/{epochs}", leave=False):
                     if time.monotonic() - saved_at >= config["SAVE_EVERY"]:  # kill -9 loses at most this much
                         save_started = time.perf_counter()
-                        save_training_state(run, training, progress, data.split)
+                        save_training_state(run, training, progress, data.record)
                         seconds["save"] += time.perf_counter() - save_started
                         saved_at = time.monotonic()
                     images, masks = next(batches)
@@ -601,7 +613,7 @@ def main() -> int:
                 set_learning_rate(training.optimizer, config["LEARNING_RATE"] * schedule(progress.epoch * steps))
                 end_epoch(run, training, data, progress, loss_fn, writer, seconds)
                 progress.epoch, progress.step = progress.epoch + 1, 0
-            save_training_state(run, training, progress, data.split)  # at the end, or on Ctrl-C / SIGTERM
+            save_training_state(run, training, progress, data.record)  # at the end, or on Ctrl-C / SIGTERM
         if stop.requested and progress.epoch <= epochs:
             print(
                 f"saved the state at epoch {progress.epoch} step {progress.step} to {run.last_path};"

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -10,9 +11,12 @@ import torch
 
 from common.errors import UserError
 from dataset.kvasir import pair_images_and_masks, prepare_kvasir_seg
-from dataset.splits import make_split
+from dataset.sources import DataRecord
+from dataset.splits import Split, make_split
+from dataset.synthetic import make_kvasir_folder
 from tests.checkpoints import save_untrained_checkpoint
 from tests.scripts import load_script, run_script
+from tests.train_runs import error_line
 from utils.inference import Predictor
 from utils.scoring import score_pairs, summarize
 
@@ -104,37 +108,50 @@ def test_predictions_are_resized_back_before_scoring(tmp_path, height, width):
     assert right_row["dice"] < 0.1
 
 
+SETTINGS = {"SPLIT": "test", "IMAGES": "", "MASKS": "", "DATASETS": []}
+
+
+def record_of(data_dir) -> DataRecord:
+    """What scoring_targets reads from a checkpoint: the data record train.py makes of Kvasir-SEG in `data_dir`."""
+    return DataRecord.from_checkpoint(torch.load(save_untrained_checkpoint(data_dir.parent / "m.pth", data_dir)))
+
+
 def test_images_without_masks_are_refused(tmp_path):
     evaluate = load_script("evaluate")
+    record = DataRecord([], Split([], [], [], False), {})
     with pytest.raises(UserError, match="give both --images and --masks"):
-        evaluate.select_pairs({"IMAGES": str(tmp_path), "MASKS": ""}, {})
+        evaluate.scoring_targets({**SETTINGS, "IMAGES": str(tmp_path)}, record)
     with pytest.raises(UserError, match="is not a folder"):
-        evaluate.select_pairs({"IMAGES": str(tmp_path), "MASKS": str(tmp_path / "missing")}, {})
-
-
-def split_checkpoint(data_dir) -> dict:
-    """What select_pairs reads from a checkpoint: the split train.py made of `data_dir` (VAL_FRACTION 0.1, SEED 42)."""
-    split = make_split(sorted(sample_id for sample_id, _, _ in prepare_kvasir_seg(data_dir)), 0.1, 42)
-    return {"split": split.as_dict()}
+        evaluate.scoring_targets({**SETTINGS, "IMAGES": str(tmp_path), "MASKS": str(tmp_path / "missing")}, record)
 
 
 @pytest.mark.parametrize("part", ["test", "val"])
 def test_split_setting_selects_the_checkpoints_own_split(kvasir_dir, part):
     evaluate = load_script("evaluate")
-    checkpoint = split_checkpoint(kvasir_dir)
-    pairs, source = evaluate.select_pairs(
-        {"SPLIT": part, "IMAGES": "", "MASKS": "", "DATA_DIR": kvasir_dir}, checkpoint
-    )
+    (target,) = evaluate.scoring_targets({**SETTINGS, "SPLIT": part, "DATA_DIR": kvasir_dir}, record_of(kvasir_dir))
     split = make_split(sorted(sample_id for sample_id, _, _ in prepare_kvasir_seg(kvasir_dir)), 0.1, 42)
-    assert [sample_id for sample_id, _, _ in pairs] == getattr(split, part)
-    assert ("validation carve-out" in source) == (part == "val")
+    assert [sample_id for sample_id, _, _ in target.pairs] == getattr(split, part)
+    assert ("validation carve-out" in target.description) == (part == "val")
 
 
 def test_unknown_split_is_refused(kvasir_dir):
     evaluate = load_script("evaluate")
-    settings = {"SPLIT": "train", "IMAGES": "", "MASKS": "", "DATA_DIR": kvasir_dir}
     with pytest.raises(UserError, match="--split must be test or val"):
-        evaluate.select_pairs(settings, split_checkpoint(kvasir_dir))
+        evaluate.scoring_targets({**SETTINGS, "SPLIT": "train", "DATA_DIR": kvasir_dir}, record_of(kvasir_dir))
+
+
+def test_training_images_are_never_scored_as_held_out_even_renamed_in_another_copy(kvasir_dir, tmp_path):
+    evaluate = load_script("evaluate")
+    record = record_of(kvasir_dir)
+    copy = tmp_path / "copy"
+    for kind in ("images", "masks"):
+        (copy / kind).mkdir(parents=True)
+        for sample_id in record.split.train[:3] + record.split.test[:2]:
+            shutil.copy(kvasir_dir / "Kvasir-SEG" / kind / f"{sample_id}.jpg", copy / kind / f"renamed_{sample_id}.jpg")
+    with pytest.raises(UserError, match=r"3 of the 5 copy images to score are images this model was trained or"):
+        evaluate.scoring_targets({**SETTINGS, "DATASETS": [f"copy={copy}"], "DATA_DIR": kvasir_dir}, record)
+    (target,) = evaluate.scoring_targets({**SETTINGS, "DATASETS": ["kvasir"], "DATA_DIR": kvasir_dir}, record)
+    assert [pair[0] for pair in target.pairs] == record.split.test  # the trained-on dataset: its held-out part
 
 
 @pytest.mark.slow
@@ -146,7 +163,13 @@ def test_script_writes_table_csv_and_json_that_agree(kvasir_dir, tmp_path):
         "--csv", csv_path, "--json", json_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    for text in ("seeded test split", "Dice (per image)", "Dice (global, pixels pooled)", "images/s", "TTA on"):
+    for text in (
+        "held-out test split (seeded)",
+        "Dice (per image)",
+        "Dice (global, pixels pooled)",
+        "images/s",
+        "TTA on",
+    ):
         assert text in result.stdout
     with open(csv_path) as file:
         rows = list(csv.DictReader(file))
@@ -158,3 +181,28 @@ def test_script_writes_table_csv_and_json_that_agree(kvasir_dir, tmp_path):
     assert summary["speed"]["images_per_second"] > 0 and summary["device"].startswith("cpu")
     sizes = {(row["width"], row["height"]) for row in rows}
     assert sizes <= {("48", "40"), ("56", "44"), ("40", "40")}  # the synthetic images' own sizes
+
+
+@pytest.mark.slow
+def test_several_datasets_give_one_table_row_each_and_files_come_after_the_report(kvasir_dir, tmp_path):
+    checkpoint = save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir)
+    make_kvasir_folder(tmp_path / "other", count=5, seed=7)
+    make_kvasir_folder(tmp_path / "third", count=3, seed=8)
+    (tmp_path / "not-a-folder").write_text("a file where the CSV's folder should be")
+    json_path = tmp_path / "summary.json"
+    result = run_script(
+        "evaluate", "--checkpoint", checkpoint, "--data-dir", kvasir_dir, "--device", "cpu", "--no-tta",
+        "--datasets", "kvasir", f"other={tmp_path / 'other' / 'Kvasir-SEG'}",
+        f"third={tmp_path / 'third' / 'Kvasir-SEG' / 'images'}:{tmp_path / 'third' / 'Kvasir-SEG' / 'masks'}",
+        "--csv", tmp_path / "not-a-folder" / "per_image.csv", "--json", json_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stdout.splitlines()
+    header = next(index for index, line in enumerate(lines) if line.startswith("dataset"))
+    assert "global Dice" in lines[header]
+    assert [line.split()[:2] for line in lines[header + 1 : header + 4]] == [
+        ["kvasir", "2"],
+        ["other", "5"],
+        ["third", "3"],
+    ]
+    assert "could not write the scores printed above" in error_line(result.stderr)

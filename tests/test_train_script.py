@@ -10,8 +10,9 @@ import torch
 
 from dataset.kvasir import prepare_kvasir_seg
 from dataset.splits import make_split
+from dataset.synthetic import make_kvasir_folder
 from model import build_unet
-from tests.scripts import REPO
+from tests.scripts import REPO, run_script
 from tests.train_runs import TINY, error_line, read_history, train, train_in_process
 from utils.validation import THRESHOLDS
 
@@ -211,3 +212,43 @@ def test_every_lever_trains_and_leaves_a_plain_unet_with_its_threshold(kvasir_di
     assert set(checkpoint["model_state"]) == set(build_unet(4, 2).state_dict())  # no auxiliary heads kept
     assert checkpoint["preprocessing"]["threshold"] in THRESHOLDS and "threshold" in stdout
     assert "auxiliary_heads_state" in torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+
+
+@pytest.mark.slow
+def test_kvasir_and_folder_datasets_train_together_and_evaluate_scores_each_held_out_part(kvasir_dir, tmp_path):
+    clinic = make_kvasir_folder(tmp_path / "clinic", count=10, seed=3)  # NAME=FOLDER with images/ and masks/
+    (clinic / "test.txt").write_text("sample_001\nsample_004\n")  # its own held-out images
+    extra = make_kvasir_folder(tmp_path / "extra", count=8, seed=4)  # NAME=IMAGES:MASKS, split at random
+    datasets = ["--datasets", "kvasir", f"clinic={clinic}", f"extra={extra / 'images'}:{extra / 'masks'}"]
+    status, stdout, stderr = train_in_process(tmp_path, "--epochs", "1", *datasets)
+    assert status == 0, stderr[-2000:]
+    checkpoint = torch.load(tmp_path / "run" / "best.pth", weights_only=True)
+    assert [source["name"] for source in checkpoint["datasets"]] == ["kvasir", "clinic", "extra"]
+    split = checkpoint["split"]
+    assert [i for i in split["test"] if i.startswith("clinic/")] == ["clinic/sample_001", "clinic/sample_004"]
+    assert {i.split("/")[0] for i in split["train"] if "/" in i} == {"clinic", "extra"}
+    assert set(checkpoint["digests"]) == set(split["train"] + split["val"])
+    result = run_script(
+        "evaluate", "--checkpoint", tmp_path / "run" / "best.pth", "--data-dir", kvasir_dir, "--device", "cpu",
+        "--csv", tmp_path / "per_image.csv",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    header = next(index for index, line in enumerate(lines) if line.startswith("dataset"))
+    test_counts = [["kvasir", str(sum("/" not in i for i in split["test"]))], ["clinic", "2"]]
+    assert [line.split()[:2] for line in lines[header + 1 : header + 3]] == test_counts
+    assert lines[header + 3].split()[0] == "extra"
+
+
+@pytest.mark.parametrize(
+    ("datasets", "message"),
+    [
+        (["kvasir", "kvasir"], "DATASETS names a dataset twice"),
+        (["mine"], "dataset 'mine' is not 'kvasir', NAME=FOLDER or NAME=IMAGES:MASKS[:TEST_LIST]"),
+        (["a=x:y:z:w"], "give NAME=IMAGES:MASKS or NAME=IMAGES:MASKS:TEST_LIST"),
+    ],
+)
+def test_malformed_dataset_specs_are_refused_before_any_work(tmp_path, datasets, message):
+    status, _, stderr = train_in_process(tmp_path, "--datasets", *datasets)
+    assert status == 2 and message in error_line(stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
