@@ -7,10 +7,13 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class StopRequest:
     """While active (`with StopRequest() as stop:`), the first SIGINT/SIGTERM sets `stop.requested` instead
-    of raising mid-step; a second one raises KeyboardInterrupt at once. The previous handlers come back on exit.
+    of raising mid-step; a second one raises KeyboardInterrupt at once, unless `escalate` is False (under torchrun,
+    whose launcher passes the terminal's signal on to every process a second time). The previous handlers come back
+    on exit.
     """
 
-    def __init__(self):
+    def __init__(self, escalate: bool = True):
+        self.escalate = escalate
         self.signal_name = None
         self.previous_handlers = {}
 
@@ -24,9 +27,12 @@ class StopRequest:
 
     def _record(self, number, _frame) -> None:
         if self.signal_name is not None:
-            raise KeyboardInterrupt
+            if self.escalate:
+                raise KeyboardInterrupt
+            return
         self.signal_name = signal.Signals(number).name
-        print(f"\n{self.signal_name} received: saving after this step to resume later (again to stop at once)")
+        again = " (again to stop at once)" if self.escalate else ""
+        print(f"\n{self.signal_name} received: saving after this step to resume later{again}")
 
     @property
     def requested(self) -> bool:

@@ -110,9 +110,11 @@ def _ignore_first_sigterm(number, _frame) -> None:
     signal.signal(number, signal.SIG_DFL)
 
 
-def worker_count(requested: int) -> int:
-    """DataLoader workers: `requested`, or for -1 one per CPU core but one (for the main process), at most 8."""
-    return requested if requested >= 0 else min(8, max((os.cpu_count() or 1) - 1, 0))
+def worker_count(requested: int, processes_on_machine: int = 1) -> int:
+    """DataLoader workers: `requested`, or for -1 a share of the CPU cores (the machine's cores divided among its
+    training processes, one core each kept for the process itself), at most 8."""
+    cores = (os.cpu_count() or 1) // processes_on_machine
+    return requested if requested >= 0 else min(8, max(cores - 1, 0))
 
 
 def loader_options(workers: int, device: torch.device) -> dict:

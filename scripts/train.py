@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, model/, utils/ from anywhere
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -29,6 +30,16 @@ from tqdm import tqdm
 from common.background import BackgroundWriter
 from common.config import Settings, flag_name, parse_settings, script_constants
 from common.device import autocast, autocast_dtype, configure_fast_path, describe_device, resolve_device
+from common.distributed import (
+    Processes,
+    any_process,
+    barrier,
+    main_process_first,
+    mean_over_processes,
+    process_device,
+    start_processes,
+    stop_processes,
+)
 from common.errors import UserError, run_main
 from common.files import exclusive_lock, remove_stale_temporaries, writable_folder, write_csv_atomic, write_text_atomic
 from common.interrupt import StopRequest
@@ -108,6 +119,7 @@ CHOICES = {
     "COMPILE": COMPILE_MODES,
 }
 # What --resume may change: how the run is carried out, and EPOCHS (train longer); never the recipe.
+STOP_CHECK_STEPS = 10  # under torchrun, processes agree every this many steps whether a Ctrl-C/SIGTERM came
 RESUME_MAY_CHANGE = (
     "DATA_DIR", "DATA_URL", "CACHE", "NUM_WORKERS", "DEVICE", "COMPILE", "THREADS", "PANEL_EVERY", "PANEL_IMAGES",
     "SHOW_PANELS", "SAVE_EVERY", "OUTPUT_DIR", "CHECKPOINT_PATH", "RESUME", "OVERWRITE", "EPOCHS",
@@ -232,12 +244,14 @@ def claim_run_files(output_dir: Path, checkpoint_path: Path, resuming: bool, ove
 
 @dataclass
 class Run:
-    """The fixed facts of this run: its settings, where it computes and where it writes."""
+    """The fixed facts of this run: its settings, where it computes (and, under torchrun, which process this is
+    among how many), and where it writes."""
 
     config: dict
     device: torch.device
     amp_dtype: torch.dtype | None  # the autocast type, None for full precision
     memory_format: torch.memory_format
+    processes: Processes
     output_dir: Path
     checkpoint_path: Path
 
@@ -351,7 +365,8 @@ def prepare_data(run: Run, progress_epoch: int, progress_step: int) -> TrainingD
     config = run.config
     sources, pairs, splits = [parse_source(spec) for spec in config["DATASETS"]], [], []
     for source in sources:
-        found = source_pairs(source, config["DATA_DIR"], config["DATA_URL"])
+        with main_process_first(run.processes):  # one process downloads and extracts; the others then read
+            found = source_pairs(source, config["DATA_DIR"], config["DATA_URL"])
         splits.append(
             source_split(source, [sample_id for sample_id, _, _ in found], config["VAL_FRACTION"], config["SEED"])
         )
@@ -362,16 +377,18 @@ def prepare_data(run: Run, progress_epoch: int, progress_step: int) -> TrainingD
     digests = {sample_id: file_digest(by_id[sample_id][1]) for sample_id in split.train + split.val}
     cache_dir = Path(config["DATA_DIR"]) / "cache" if config["CACHE"] else None
     augment, no_augment = transforms.build_transform(config["AUGMENTATION"]), transforms.build_transform("none")
-    train_set = PolypDataset([by_id[i] for i in split.train], config["IMAGE_SIZE"], augment, cache_dir)
-    val_set = PolypDataset([by_id[i] for i in split.val], config["IMAGE_SIZE"], no_augment, cache_dir)
+    with main_process_first(run.processes):  # one process builds the cache; the others then open it
+        train_set = PolypDataset([by_id[i] for i in split.train], config["IMAGE_SIZE"], augment, cache_dir)
+        val_set = PolypDataset([by_id[i] for i in split.val], config["IMAGE_SIZE"], no_augment, cache_dir)
     if len(train_set) < config["BATCH_SIZE"]:
         raise UserError(f"BATCH_SIZE {config['BATCH_SIZE']} exceeds the {len(train_set)} training images.")
+    processes = run.processes
     batches = RunBatchSampler(
-        len(train_set), config["BATCH_SIZE"], config["SEED"], progress_epoch, progress_step, config["EPOCHS"]
-    )
-    loader = DataLoader(
-        train_set, batch_sampler=batches, **loader_options(worker_count(config["NUM_WORKERS"]), run.device)
-    )
+        len(train_set), config["BATCH_SIZE"], config["SEED"], progress_epoch, progress_step, config["EPOCHS"],
+        processes.rank, processes.world_size,
+    )  # fmt: skip
+    workers = worker_count(config["NUM_WORKERS"], processes.local_world_size)
+    loader = DataLoader(train_set, batch_sampler=batches, **loader_options(workers, run.device))
     val_batches = [
         (images.to(run.device, memory_format=run.memory_format), masks.to(run.device))
         for images, masks in DataLoader(val_set, batch_size=2 * config["BATCH_SIZE"])
@@ -388,11 +405,18 @@ def prepare_data(run: Run, progress_epoch: int, progress_step: int) -> TrainingD
 
 
 def prepare_training(run: Run) -> Training:
-    """The seeded U-Net on the device, its weight average when EMA_DECAY > 0, the optimizer and the loss scaler."""
+    """The seeded U-Net on the device, its weight average when EMA_DECAY > 0, the optimizer and the loss scaler.
+
+    Under torchrun on GPUs, BatchNorm statistics are synchronised over the processes (SyncBatchNorm), so a batch
+    split among them normalises as one; PyTorch's SyncBatchNorm does not run on the CPU, where each process
+    normalises its own slice.
+    """
     config = run.config
     torch.manual_seed(config["SEED"])
     model = build_unet(config["BASE_CHANNELS"], config["DEPTH"])
     network = DeepSupervision(model, levels=min(2, config["DEPTH"] - 1)) if config["DEEP_SUPERVISION"] else model
+    if run.processes.distributed and run.device.type == "cuda":
+        network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)  # swaps the layers inside `model` too
     network.to(run.device, memory_format=run.memory_format)
     ema = None
     if config["EMA_DECAY"]:  # a shadow copy; batch-norm statistics are averaged like the weights
@@ -523,23 +547,48 @@ def saved_on_error(run: Run, training: Training, progress: Progress, record: Dat
     except NonFiniteLoss:
         raise
     except UserError:
-        save_training_state(run, training, progress, record)
+        if run.processes.is_main:
+            save_training_state(run, training, progress, record)
         raise
 
 
-def main() -> int:
-    started = time.perf_counter()
-    config, resumed = read_settings()
-    check_settings(config)
-    device = resolve_device(config["DEVICE"])
+# --- the run -------------------------------------------------------------------------------------------------------
+
+
+def start_run(config: dict) -> Run:
+    """Pick the device (each torchrun process its own GPU) and precision, and check the output paths."""
+    requested = resolve_device(config["DEVICE"])
+    processes = start_processes(requested)
+    device = process_device(requested, processes)
+    if config["BATCH_SIZE"] % processes.world_size:
+        raise UserError(f"BATCH_SIZE {config['BATCH_SIZE']} must divide among the {processes.world_size} processes.")
     amp_dtype = autocast_dtype(device) if config["MIXED_PRECISION"] else None
-    print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)}, autocast {amp_dtype})" if amp_dtype else ""))
     if config["THREADS"]:
         torch.set_num_threads(config["THREADS"])
+    gpu = f" ({torch.cuda.get_device_name(device)}, autocast {amp_dtype})" if device.type == "cuda" else ""
+    print(f"device: {device}{gpu}" + (f", {processes.world_size} processes" if processes.distributed else ""))
     output_dir, checkpoint_path = Path(config["OUTPUT_DIR"]), Path(config["CHECKPOINT_PATH"])
-    run = Run(config, device, amp_dtype, configure_fast_path(device), output_dir, checkpoint_path)
-    check_output_paths(output_dir, checkpoint_path)
+    if processes.is_main:
+        check_output_paths(output_dir, checkpoint_path)
+    return Run(config, device, amp_dtype, configure_fast_path(device), processes, output_dir, checkpoint_path)
 
+
+def wrap_for_processes(network: torch.nn.Module, run: Run) -> torch.nn.Module:
+    """Under torchrun the network in DistributedDataParallel (gradients averaged over the processes after every
+    backward pass, so all keep the same weights), else the network itself."""
+    if not run.processes.distributed:
+        return network
+    return DistributedDataParallel(network, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+
+
+@contextlib.contextmanager
+def run_files_held(run: Run, resuming: bool):
+    """Hold the run's output folder and checkpoint against other runs for the block, after tidying what a killed
+    run left and claiming the paths (see claim_run_files). Only the main process writes, so only it holds them."""
+    if not run.processes.is_main:
+        yield
+        return
+    output_dir, checkpoint_path = run.output_dir, run.checkpoint_path
     with (
         exclusive_lock(output_dir / "train.lock", str(output_dir)),
         exclusive_lock(checkpoint_path.with_suffix(".lock"), str(checkpoint_path)),
@@ -550,83 +599,112 @@ def main() -> int:
             (checkpoint_path.parent, checkpoint_path.name),
         ):
             remove_stale_temporaries(folder, name)  # left by a run killed mid-write; never read, only tidied
-        claim_run_files(output_dir, checkpoint_path, resuming=resumed is not None, overwrite=config["OVERWRITE"])
-        training = prepare_training(run)
-        progress = restore_training_state(resumed, training, device) if resumed else None
-        data = prepare_data(run, *((progress.epoch, progress.step) if progress else (1, 0)))
-        progress = progress or Progress(1, 0, step_losses=torch.zeros(data.steps_per_epoch, device=device))
-        train_model = compile_model(training.network, config["COMPILE"])  # shares the weights of training.network
-        loss_fn = make_loss(config["LOSS"], config["BCE_WEIGHT"], config["DICE_WEIGHT"])  # also validation's loss
-        train_loss_fn = (
-            deeply_supervised(loss_fn, config["DEEP_SUPERVISION"]) if config["DEEP_SUPERVISION"] else loss_fn
-        )
-        steps, epochs = data.steps_per_epoch, config["EPOCHS"]
-        schedule = functools.partial(
-            learning_rate_factor,
-            warmup_steps=min(config["WARMUP_EPOCHS"] * steps, epochs * steps // 10),
-            total_steps=epochs * steps,
-            schedule=config["SCHEDULE"],
-        )
-        parameters = sum(p.numel() for p in training.model.parameters())
-        print(f"training {parameters / 1e6:.2f} M parameters for {steps * epochs} steps")
+        claim_run_files(output_dir, checkpoint_path, resuming, overwrite=run.config["OVERWRITE"])
+        yield
 
-        images_trained, saved_at, batches = 0, time.monotonic(), iter(data.train_loader)
-        with StopRequest() as stop, BackgroundWriter() as writer, saved_on_error(run, training, progress, data.record):
-            while progress.epoch <= epochs and not stop.requested:
-                seconds, epoch_start = {"train": 0.0, "save": 0.0}, time.perf_counter()
-                training.model.train()
-                for _ in tqdm(range(progress.step, steps), desc=f"epoch {progress.epoch}/{epochs}", leave=False):
-                    if time.monotonic() - saved_at >= config["SAVE_EVERY"]:  # kill -9 loses at most this much
-                        save_started = time.perf_counter()
-                        save_training_state(run, training, progress, data.record)
-                        seconds["save"] += time.perf_counter() - save_started
-                        saved_at = time.monotonic()
-                    images, masks = next(batches)
-                    step = (progress.epoch - 1) * steps + progress.step
-                    set_learning_rate(training.optimizer, config["LEARNING_RATE"] * schedule(step))
-                    images = images.to(device, non_blocking=True, memory_format=run.memory_format)
-                    masks = masks.to(device, non_blocking=True)
-                    if config["MULTI_SCALE"]:
-                        size = multi_scale_size(config["IMAGE_SIZE"], config["SEED"], step)
-                        images, masks = resize_batch(images, masks, size)
-                    loss = training_step(
-                        train_model,
-                        images,
-                        masks,
-                        train_loss_fn,
-                        training.optimizer,
-                        training.scaler,
-                        amp_dtype,
-                        config["GRAD_CLIP"],
-                    )
-                    progress.step_losses[progress.step] = loss
-                    progress.step += 1
-                    images_trained += len(images)
-                    if training.ema:
-                        training.ema.update_parameters(training.model)
-                    if stop.requested:
-                        break
-                check_finite(progress, checkpoint_path)  # waits for the device to finish the epoch's steps
-                seconds["train"] = time.perf_counter() - epoch_start - seconds["save"]
-                if progress.step < steps:
-                    break  # stopped mid-epoch: saved below, at this step
-                set_learning_rate(training.optimizer, config["LEARNING_RATE"] * schedule(progress.epoch * steps))
-                end_epoch(run, training, data, progress, loss_fn, writer, seconds)
-                progress.epoch, progress.step = progress.epoch + 1, 0
-            save_training_state(run, training, progress, data.record)  # at the end, or on Ctrl-C / SIGTERM
-        if stop.requested and progress.epoch <= epochs:
-            print(
-                f"saved the state at epoch {progress.epoch} step {progress.step} to {run.last_path};"
-                " continue with --resume"
+
+def train(run: Run, training: Training, data: TrainingData, progress: Progress, stop: StopRequest, writer) -> int:
+    """The epoch loop, from `progress` to the last epoch or until a stop is requested; the images trained on."""
+    config, device, steps, epochs = run.config, run.device, data.steps_per_epoch, run.config["EPOCHS"]
+    train_model = compile_model(wrap_for_processes(training.network, run), config["COMPILE"])  # shares the weights
+    loss_fn = make_loss(config["LOSS"], config["BCE_WEIGHT"], config["DICE_WEIGHT"])  # also validation's loss
+    train_loss_fn = deeply_supervised(loss_fn, config["DEEP_SUPERVISION"]) if config["DEEP_SUPERVISION"] else loss_fn
+    schedule = functools.partial(
+        learning_rate_factor,
+        warmup_steps=min(config["WARMUP_EPOCHS"] * steps, epochs * steps // 10),
+        total_steps=epochs * steps,
+        schedule=config["SCHEDULE"],
+    )
+    images_trained, saved_at, stopping, batches = 0, time.monotonic(), False, iter(data.train_loader)
+    while progress.epoch <= epochs and not stopping:
+        seconds, epoch_start = {"train": 0.0, "save": 0.0}, time.perf_counter()
+        training.network.train()
+        epoch_steps = range(progress.step, steps)
+        for _ in tqdm(
+            epoch_steps, f"epoch {progress.epoch}/{epochs}", leave=False, unit="step", disable=not run.processes.is_main
+        ):
+            if run.processes.is_main and time.monotonic() - saved_at >= config["SAVE_EVERY"]:  # what kill -9 loses
+                save_started = time.perf_counter()
+                save_training_state(run, training, progress, data.record)
+                seconds["save"] += time.perf_counter() - save_started
+                saved_at = time.monotonic()
+            images, masks = next(batches)
+            step = (progress.epoch - 1) * steps + progress.step
+            set_learning_rate(training.optimizer, config["LEARNING_RATE"] * schedule(step))
+            images = images.to(device, non_blocking=True, memory_format=run.memory_format)
+            masks = masks.to(device, non_blocking=True)
+            if config["MULTI_SCALE"]:
+                images, masks = resize_batch(
+                    images, masks, multi_scale_size(config["IMAGE_SIZE"], config["SEED"], step)
+                )
+            loss = training_step(
+                train_model,
+                images,
+                masks,
+                train_loss_fn,
+                training.optimizer,
+                training.scaler,
+                run.amp_dtype,
+                config["GRAD_CLIP"],
             )
+            progress.step_losses[progress.step] = loss
+            progress.step += 1
+            images_trained += len(images) * run.processes.world_size
+            if training.ema:
+                training.ema.update_parameters(training.model)
+            if stop.requested or run.processes.distributed and step % STOP_CHECK_STEPS == 0:
+                stopping = any_process(stop.requested, run.processes, device)  # every process stops at one step
+                if stopping:
+                    break
+        progress.step_losses = mean_over_processes(progress.step_losses, run.processes)
+        check_finite(progress, run.checkpoint_path)  # waits for the device to finish the epoch's steps
+        seconds["train"] = time.perf_counter() - epoch_start - seconds["save"]
+        if progress.step < steps:
+            break  # stopped mid-epoch: saved by the caller, at this step
+        set_learning_rate(training.optimizer, config["LEARNING_RATE"] * schedule(progress.epoch * steps))
+        if run.processes.is_main:
+            end_epoch(run, training, data, progress, loss_fn, writer, seconds)
+        barrier(run.processes)  # the other processes wait for validation
+        progress.epoch, progress.step = progress.epoch + 1, 0
+        stopping = any_process(stop.requested, run.processes, device)
+    return images_trained
+
+
+def main() -> int:
+    started = time.perf_counter()
+    config, resumed = read_settings()
+    check_settings(config)
+    run = start_run(config)
+    with run_files_held(run, resuming=resumed is not None):
+        training = prepare_training(run)
+        progress = restore_training_state(resumed, training, run.device) if resumed else None
+        data = prepare_data(run, *((progress.epoch, progress.step) if progress else (1, 0)))
+        progress = progress or Progress(1, 0, step_losses=torch.zeros(data.steps_per_epoch, device=run.device))
+        parameters = sum(p.numel() for p in training.model.parameters())
+        print(f"training {parameters / 1e6:.2f} M parameters for {data.steps_per_epoch * config['EPOCHS']} steps")
+
+        with (
+            StopRequest(escalate=not run.processes.distributed) as stop,  # torchrun passes a second signal on
+            BackgroundWriter() as writer,
+            saved_on_error(run, training, progress, data.record),
+        ):
+            images_trained = train(run, training, data, progress, stop, writer)
+            if run.processes.is_main:
+                save_training_state(run, training, progress, data.record)  # at the end, or on Ctrl-C / SIGTERM
+        stop_processes(run.processes)
+        if stop.requested and progress.epoch <= config["EPOCHS"]:
+            where = f"epoch {progress.epoch} step {progress.step}"
+            print(f"saved the state at {where} to {run.last_path}; continue with --resume")
             return stop.exit_status
+        if not run.processes.is_main:
+            return 0
         threshold = choose_and_save_threshold(run, data) if config["THRESHOLD_SEARCH"] else THRESHOLD
-        summary = run_summary(progress, time.perf_counter() - started, images_trained, device, config, threshold)
-        write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        summary = run_summary(progress, time.perf_counter() - started, images_trained, run.device, config, threshold)
+        write_text_atomic(run.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(
         f"done in {summary['wall_seconds']:.1f} s: {summary['images_trained']} training images at"
         f" {summary['images_per_second']:.1f} images/s end to end; best validation Dice {summary['best_val_dice']:.4f}"
-        f" (epoch {summary['best_epoch']}), model saved to {checkpoint_path}"
+        f" (epoch {summary['best_epoch']}), model saved to {run.checkpoint_path}"
     )
     return 0
 

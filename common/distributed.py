@@ -1,0 +1,108 @@
+"""Several processes training one model with DistributedDataParallel, as `torchrun --nproc_per_node N` starts them.
+
+Without torchrun (no WORLD_SIZE in the environment) everything here is a no-op for one process, so scripts use the
+same code either way.
+"""
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from common.errors import UserError
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the run's processes: its rank, how many there are, and its rank on this machine."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1  # processes on this machine, who share its CPU cores
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 validates and writes every file; the others only train."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def start_processes(device: torch.device) -> Processes:
+    """Join the process group torchrun set up (NCCL on CUDA, where the process takes GPU LOCAL_RANK; gloo on the
+    CPU), or stand alone. Processes other than rank 0 print nothing, so the output reads like one process's."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Processes()
+    processes = Processes(
+        int(os.environ["RANK"]),
+        world_size,
+        int(os.environ.get("LOCAL_RANK", "0")),
+        int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size))),
+    )
+    if device.type == "cuda":
+        if processes.local_rank >= torch.cuda.device_count():
+            raise UserError(
+                f"torchrun started {world_size} processes on this machine but only {torch.cuda.device_count()}"
+                " GPU(s) are visible; lower --nproc_per_node."
+            )
+        torch.cuda.set_device(processes.local_rank)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not processes.is_main:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  closed when the process ends
+    return processes
+
+
+def process_device(device: torch.device, processes: Processes) -> torch.device:
+    """The device of this process: its own GPU under torchrun, else `device` itself."""
+    return torch.device("cuda", processes.local_rank) if device.type == "cuda" and processes.distributed else device
+
+
+@contextlib.contextmanager
+def main_process_first(processes: Processes):
+    """Run the block in the main process first, then in the others (downloading, extracting and caching the data
+    once, then reading what it left)."""
+    if not processes.is_main:
+        barrier(processes)
+    yield
+    if processes.is_main:
+        barrier(processes)
+
+
+def barrier(processes: Processes) -> None:
+    """Wait until every process gets here."""
+    if processes.distributed:
+        dist.barrier()
+
+
+def mean_over_processes(tensor: torch.Tensor, processes: Processes) -> torch.Tensor:
+    """The element-wise mean of `tensor` over all processes (gloo has no average, so a sum divided)."""
+    if not processes.distributed:
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / processes.world_size
+
+
+def any_process(flag: bool, processes: Processes, device: torch.device) -> bool:
+    """True when `flag` is true in any process: how all processes agree to stop at the same step."""
+    if not processes.distributed:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def stop_processes(processes: Processes) -> None:
+    """Wait for every process, then leave the process group together (no-op for one process): a process that
+    tears its group down while another still uses it aborts."""
+    if processes.distributed:
+        with contextlib.suppress(Exception):  # already torn down by a failed peer: nothing left to leave
+            dist.barrier()
+            dist.destroy_process_group()

@@ -1,0 +1,80 @@
+"""train.py under torchrun with 2 processes (gloo, CPU): the same history as 1 process within a stated tolerance,
+and Ctrl-C to the whole group stops every process at one step, saves once, and resumes exactly."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dataset.synthetic import make_kvasir_folder
+from tests.scripts import REPO
+from tests.train_runs import read_history
+
+FLAGS = [
+    "--device", "cpu", "--no-show-panels", "--image-size", "32", "--base-channels", "4", "--depth", "2",
+    "--batch-size", "4", "--num-workers", "1", "--epochs", "12", "--learning-rate", "3e-3",
+]  # fmt: skip
+TOLERANCE = 0.03  # losses: on the CPU each process normalises its own half batch (no SyncBatchNorm there)
+
+
+def command(data, run, processes: int, *flags) -> list[str]:
+    """train.py on `data` writing into `run`, alone or under torchrun with `processes` processes."""
+    paths = ["--data-dir", str(data), "--output-dir", str(run), "--checkpoint-path", str(run / "best.pth")]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    return [*(launcher if processes > 1 else [sys.executable]), str(REPO / "scripts" / "train.py"), *paths, *flags]
+
+
+ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+
+
+def run(*arguments) -> subprocess.CompletedProcess:
+    result = subprocess.run(command(*arguments), capture_output=True, text=True, env=ENVIRONMENT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One process, two processes, and two processes stopped by Ctrl-C after epoch 2 and resumed."""
+    tmp_path = tmp_path_factory.mktemp("distributed")
+    data = tmp_path / "data"
+    make_kvasir_folder(data, count=24)
+    run(data, tmp_path / "one", 1, *FLAGS)
+    run(data, tmp_path / "two", 2, *FLAGS)
+    log = open(tmp_path / "stopped.log", "w+")  # noqa: SIM115
+    process = subprocess.Popen(
+        command(data, tmp_path / "stopped", 2, *FLAGS), stdout=log, stderr=subprocess.STDOUT, env=ENVIRONMENT,
+        start_new_session=True,
+    )  # fmt: skip
+    while "epoch   2" not in (tmp_path / "stopped.log").read_text().replace("\r", "\n"):
+        assert process.poll() is None, (tmp_path / "stopped.log").read_text()[-3000:]
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C reaches torchrun and both processes
+    process.wait(timeout=120)
+    stopped_output = (tmp_path / "stopped.log").read_text()
+    resumed = run(data, tmp_path / "stopped", 2, "--resume")
+    return tmp_path, stopped_output, resumed
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_history_of_one_within_the_tolerance(runs):
+    tmp_path, _, _ = runs
+    one, two = (read_history(tmp_path / name / "history.csv") for name in ("one", "two"))
+    assert [row["learning_rate"] for row in one] == [row["learning_rate"] for row in two]
+    for column in ("train_loss", "val_loss"):
+        gaps = [abs(float(a[column]) - float(b[column])) for a, b in zip(one, two, strict=True)]
+        assert max(gaps) < TOLERANCE, (column, gaps)
+    files = {name: sorted(path.name for path in (tmp_path / name).rglob("*")) for name in ("one", "two")}
+    assert files["one"] == files["two"]  # the main process writes what a single process writes, once
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process_once_and_the_run_resumes_exactly(runs):
+    tmp_path, stopped_output, resumed = runs
+    assert stopped_output.count("saved the state at epoch") == 1  # only the main process writes
+    assert "again to stop at once" not in stopped_output  # torchrun passes the signal on a second time
+    assert "resuming" in resumed.stdout
+    assert read_history(tmp_path / "stopped" / "history.csv") == read_history(tmp_path / "two" / "history.csv")
