@@ -1,13 +1,19 @@
-"""Shared fixtures: synthetic Kvasir-SEG data on disk, as a folder and as a zip, and a local HTTP server."""
+"""Shared fixtures: synthetic Kvasir-SEG data on disk, as a folder and as a zip, a local HTTP server, and a
+stand-in for a full disk that works without root's help."""
 
 import functools
 import http.server
 import os
+import resource
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from dataset.synthetic import make_kvasir_folder, zip_folder
+from tests.scripts import REPO
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -73,3 +79,26 @@ class TestHandler(http.server.SimpleHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+@pytest.fixture
+def full_disk():
+    """`full_disk(code, limit)` runs Python `code` in a subprocess (from the repository root) whose files cannot
+    grow past `limit` bytes (RLIMIT_FSIZE, with SIGXFSZ ignored so a write past it fails with EFBIG, as a write
+    to a full disk fails with ENOSPC); returns the completed process."""
+
+    def limit_file_size(limit: int):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    def run(code: str, limit: int) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=functools.partial(limit_file_size, limit),
+        )
+
+    return run
