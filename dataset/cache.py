@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from dataset.images import load_pair
 
-CACHE_VERSION = 1  # bump when load_pair's resizing changes
+CACHE_VERSION = 2  # bump when load_pair's reading or resizing changes (2: 0/1 and colour masks, EXIF orientation)
 
 
 def cache_key(pairs: list[tuple[str, Path, Path]], size: int) -> str:
