@@ -2,6 +2,7 @@
 stand-in for a full disk that works without root's help."""
 
 import functools
+import gzip
 import http.server
 import os
 import resource
@@ -9,6 +10,8 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.parse
+from pathlib import Path
 
 import pytest
 
@@ -42,7 +45,7 @@ def http_server(tmp_path):
     requests_seen = []
     handler = functools.partial(TestHandler, requests_seen, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield served, f"http://127.0.0.1:{server.server_address[1]}", requests_seen
     server.shutdown()
@@ -51,7 +54,10 @@ def http_server(tmp_path):
 
 class TestHandler(http.server.SimpleHTTPRequestHandler):
     """Static files, and: /drops-mid-file (closes after 1 kB of a promised 100 kB), /server-error (HTTP 500),
-    /html-page.zip (an HTML page where a zip was expected). Logs request paths instead of printing them."""
+    /html-page.zip (an HTML page where a zip was expected), /stalls (sends 1 KiB of 1 MiB, then nothing for
+    3 s), /gzip/NAME (the file NAME sent gzip-encoded), /cut-zip (the start of a zip, then closes, announcing no
+    length), /redirect-loop (redirects to itself), /slow?seconds=S (128 KiB of 1 MiB, then the rest after S seconds).
+    Logs request paths instead of printing them."""
 
     def __init__(self, requests_seen, *args, **kwargs):
         self.requests_seen = requests_seen
@@ -59,6 +65,7 @@ class TestHandler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self):
         self.requests_seen.append(self.path)
+        route = urllib.parse.urlsplit(self.path)
         if self.path == "/drops-mid-file":
             self.send_response(200)
             self.send_header("Content-Length", "100000")
@@ -74,8 +81,45 @@ class TestHandler(http.server.SimpleHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+        elif self.path == "/stalls":
+            self._send_slowly(b"PK" + bytes(1022), b"", pause=3)
+        elif self.path.startswith("/gzip/"):
+            body = gzip.compress((Path(self.directory) / self.path.removeprefix("/gzip/")).read_bytes())
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path == "/cut-zip":
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"PK\x03\x04" + b"x" * 1000)
+            self.close_connection = True
+        elif self.path == "/redirect-loop":
+            self.send_response(302)
+            self.send_header("Location", "/redirect-loop")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif route.path == "/slow":
+            seconds = float(urllib.parse.parse_qs(route.query)["seconds"][0])
+            self._send_slowly(bytes(128 * 1024), bytes(896 * 1024), pause=seconds)
         else:
             super().do_GET()
+
+    def _send_slowly(self, first: bytes, rest: bytes, pause: float) -> None:
+        """Announce 1 MiB, send `first`, wait `pause` seconds, then send `rest` (for a stall, nothing) and close;
+        a client that gave up meanwhile ends it quietly."""
+        self.send_response(200)
+        self.send_header("Content-Length", str(2**20))
+        self.end_headers()
+        try:
+            self.wfile.write(first)
+            self.wfile.flush()
+            threading.Event().wait(pause)  # not time.sleep, which tests replace to skip download back-off
+            self.wfile.write(rest)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
 
     def log_message(self, *args):
         pass
