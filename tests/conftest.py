@@ -1,6 +1,7 @@
-"""Shared fixtures: synthetic Kvasir-SEG data on disk, as a folder and as a zip, a local HTTP server, and a
-stand-in for a full disk that works without root's help."""
+"""Shared fixtures: synthetic Kvasir-SEG data on disk, as a folder and as a zip, a local HTTP server, and
+stand-ins for a read-only folder and a full disk that work without root's help (root ignores chmod)."""
 
+import errno
 import functools
 import gzip
 import http.server
@@ -123,6 +124,39 @@ class TestHandler(http.server.SimpleHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """`read_only(folder)`: from now on, creating or opening for writing anything inside `folder` fails with EROFS
+    in this process, and os.access says it is not writable, as on a read-only mount (which tests cannot make, and
+    root ignores chmod). Reading still works."""
+    frozen = []
+    real_open, real_mkdir, real_access = os.open, os.mkdir, os.access
+
+    def inside(path) -> bool:
+        return any(Path(os.path.abspath(path)).is_relative_to(folder) for folder in frozen)
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    def guarded_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and inside(path):
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def guarded_mkdir(path, *args, **kwargs):
+        if inside(path):
+            refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def guarded_access(path, mode, *args, **kwargs):
+        return not (mode & os.W_OK and inside(path)) and real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+    monkeypatch.setattr(os, "mkdir", guarded_mkdir)
+    monkeypatch.setattr(os, "access", guarded_access)
+    return lambda folder: frozen.append(Path(os.path.abspath(folder)))
 
 
 @pytest.fixture

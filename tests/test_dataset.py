@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import threading
 
 import cv2
 import numpy as np
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 from common.errors import DatasetError
+from common.files import waiting_lock
 from dataset import cache
-from dataset.cache import cached_arrays
+from dataset.cache import cache_folder, cached_arrays
 from dataset.images import load_pair, read_rgb
 from dataset.kvasir import prepare_kvasir_seg
 from dataset.segmentation import EpochSampler, PolypDataset
@@ -134,3 +136,56 @@ def test_cached_dataset_pickles_without_its_arrays(pairs, tmp_path):
     assert len(pickled) < sum(array.nbytes for array in dataset.arrays) / 10
     for original, restored in zip(first, pickle.loads(pickled)[(2, 5)], strict=True):
         assert torch.equal(original, restored)
+
+
+def test_killed_cache_builds_leave_staging_folders_that_the_next_build_removes(pairs, tmp_path):
+    leftover = tmp_path / "cache" / ".24px-0123456789abcdef0123.k1ll3d"
+    leftover.mkdir(parents=True)
+    (leftover / "images.npy").write_bytes(b"half")  # what kill -9 during caching leaves
+    assert cache_folder(pairs, 24, tmp_path / "cache") is not None
+    assert not leftover.exists()
+
+
+def test_a_second_run_waits_for_the_cache_being_built(pairs, tmp_path, capsys):
+    results = []
+    with waiting_lock(tmp_path / "cache" / ".lock", "caching in the test"):
+        second = threading.Thread(target=lambda: results.append(cache_folder(pairs, 24, tmp_path / "cache")))
+        second.start()
+        second.join(0.3)
+        assert second.is_alive() and not results
+    second.join(30)
+    assert (results[0] / "masks.npy").exists()
+    assert f"waiting for another process caching images in {tmp_path / 'cache'} (pid {os.getpid()})" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize("blocked", ["read-only", "file"])
+def test_a_cache_that_cannot_be_written_falls_back_to_reading_the_files(pairs, kvasir_dir, read_only, capsys, blocked):
+    if blocked == "read-only":
+        read_only(kvasir_dir)
+    else:
+        (kvasir_dir / "cache").write_text("a file where the cache folder goes")
+    cached = PolypDataset(pairs, 32, build_transform("none"), cache_dir=kvasir_dir / "cache")
+    reason = "Read-only file system" if blocked == "read-only" else "File exists"
+    assert capsys.readouterr().out == (
+        f"note: cannot write the image cache in {kvasir_dir / 'cache'} ({reason}); reading the image files instead\n"
+    )
+    uncached = PolypDataset(pairs, 32, build_transform("none"))
+    for from_files, expected in zip(cached[3], uncached[3], strict=True):
+        assert torch.equal(from_files, expected)
+
+
+def test_a_full_disk_while_caching_names_the_space_needed_and_leaves_no_cache(kvasir_dir, full_disk):
+    code = (
+        "from common.errors import run_main; from dataset.cache import cache_folder;"
+        " from dataset.kvasir import prepare_kvasir_seg;"
+        f" run_main(lambda: cache_folder(prepare_kvasir_seg({str(kvasir_dir)!r}), 32, {str(kvasir_dir / 'cache')!r}))"
+    )
+    result = full_disk(code, limit=20_000)  # the images need 48 KiB
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: no space left on device while caching images in {kvasir_dir / 'cache'} (File too large): the cache"
+        " needs 0.1 MiB there; free space, or run with --no-cache."
+    )
+    assert [p.name for p in (kvasir_dir / "cache").iterdir()] == [".lock"]
