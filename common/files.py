@@ -1,29 +1,75 @@
-"""Write files so that a reader never sees half of one: write beside the target, then rename over it."""
+"""Write files so that a reader never sees half of one: write beside the target, then rename over it; and the
+locks and clean-up that let several processes share a folder."""
 
 import contextlib
 import csv
+import errno
 import fcntl
 import io
 import os
+import secrets
+import shutil
 import tempfile
 from pathlib import Path
 
 from common.errors import UserError
 
+# disk full, quota used up, file size limit (`ulimit -f`)
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# read-only disk, no permission, a file where a folder should be
+NOT_WRITABLE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR})
+
+
+def os_error_in(error: BaseException, errnos: frozenset) -> OSError | None:
+    """The OSError with one of `errnos` that is `error` or caused it (libraries such as torch.save report a failed
+    write as their own exception raised while handling the OSError), else None."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in errnos:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path in the target's folder; on success rename it onto `path`, else delete it."""
+    """Yield a temporary path in the target's folder; on success rename it onto `path`, else delete it.
+
+    The file is flushed to disk before the rename and the folder after it, so that after a power loss `path` holds
+    the old or the new content, never half. It gets the permissions a plain `open` would (0644 under the usual
+    umask 022), not mkstemp's private 0600. A full disk leaves the old file intact and raises a UserError naming it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
-        yield Path(temporary)
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the kernel applies the umask
+            yield temporary
+            _flush_to_disk(temporary)
+        except Exception as error:
+            if (full := os_error_in(error, NO_SPACE_ERRNOS)) is None:
+                raise
+            raise UserError(
+                f"no space left on device while writing {path} ({full.strerror}); free space and run again."
+            ) from None
         os.replace(temporary, path)
+        _flush_to_disk(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+
+
+def _flush_to_disk(path: Path) -> None:
+    """fsync a file's content or a folder's entries; a file system that cannot sync a folder is left as it was."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        if path.is_dir():
+            with contextlib.suppress(OSError):
+                os.fsync(descriptor)
+        else:
+            os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def writable_folder(folder, setting: str) -> Path:
@@ -67,12 +113,56 @@ def write_csv_atomic(path, rows: list[dict]) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
+def stale_folders(folder, pattern: str) -> list[Path]:
+    """The folders matching `pattern` in `folder` when this process may delete them (none in a read-only folder)."""
+    folder = Path(folder)
+    return sorted(folder.glob(pattern)) if os.access(folder, os.W_OK) else []
+
+
+def remove_stale_folders(folder, pattern: str) -> list[Path]:
+    """Delete the staging folders matching `pattern` that processes killed mid-work (kill -9, power loss) left.
+
+    Call only while holding the lock that guards those folders, so no live process's staging folder is removed.
+    """
+    stale = stale_folders(folder, pattern)
+    for leftover in stale:
+        shutil.rmtree(leftover, ignore_errors=True)
+    return stale
+
+
 @contextlib.contextmanager
 def exclusive_lock(path, what: str):
     """Hold an exclusive lock on `path` for the block, refusing (with the holder's pid) if another process has it.
 
     The operating system drops the lock when the holder exits, even when it is killed.
     """
+
+    def refuse(holder: str):
+        raise UserError(
+            f"another run (pid {holder}) is writing {what}; wait for it to finish, or give this run"
+            " a different --output-dir and --checkpoint-path."
+        )
+
+    with _lock(path, refuse):
+        yield
+
+
+@contextlib.contextmanager
+def waiting_lock(path, activity: str):
+    """Hold an exclusive lock on `path` for the block, first waiting for another process that has it (saying so,
+    with its pid and `activity`, e.g. "extracting Kvasir-SEG into data"). Dropped when the holder exits or dies."""
+
+    def announce(holder: str):
+        print(f"waiting for another process {activity} (pid {holder})")
+
+    with _lock(path, announce):
+        yield
+
+
+@contextlib.contextmanager
+def _lock(path, when_held):
+    """Lock `path` (created if needed) exclusively, calling `when_held(holder pid)` first if another process has
+    it: that call either raises (to refuse) or returns (to wait). The holder's pid is written into the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -80,11 +170,8 @@ def exclusive_lock(path, what: str):
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise UserError(
-                f"another run (pid {holder}) is writing {what}; wait for it to finish, or give this run"
-                " a different --output-dir and --checkpoint-path."
-            ) from None
+            when_held(os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown")
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, str(os.getpid()).encode(), 0)
         yield

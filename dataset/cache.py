@@ -2,8 +2,10 @@
 
 The cache folder name holds a hash of the file names, sizes and modification times and of the image size,
 so editing, adding or removing a source file, or changing the size, makes a new cache instead of a stale hit.
+Runs sharing a cache folder build it once, under a lock; one that cannot write there reads the image files instead.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -14,9 +16,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from common.errors import DatasetError
+from common.files import NO_SPACE_ERRNOS, NOT_WRITABLE_ERRNOS, remove_stale_folders, stale_folders, waiting_lock
+from common.termination import sigterm_cleans_up
 from dataset.images import load_pair
 
-CACHE_VERSION = 1  # bump when load_pair's resizing changes
+CACHE_VERSION = 2  # bump when load_pair's reading or resizing changes (2: 0/1 and colour masks, EXIF orientation)
+LOCK_NAME = ".lock"  # in the cache folder: held while building
+STAGING_PATTERN = ".*px-*"  # the hidden folders that builds write into before the rename
 
 
 def cache_key(pairs: list[tuple[str, Path, Path]], size: int) -> str:
@@ -30,12 +37,41 @@ def cache_key(pairs: list[tuple[str, Path, Path]], size: int) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def cache_folder(pairs, size: int, cache_dir) -> Path:
-    """The folder holding the cached arrays of `pairs` at `size`, building it on a miss."""
-    folder = Path(cache_dir) / f"{size}px-{cache_key(pairs, size)}"
-    if not (folder / "masks.npy").exists():
-        _build(pairs, size, folder)
+def cache_folder(pairs, size: int, cache_dir) -> Path | None:
+    """The folder holding the cached arrays of `pairs` at `size`, building it on a miss; None, after a one-line
+    note, when `cache_dir` cannot be written (e.g. a read-only data folder): the caller then reads the files.
+
+    Builds run under a lock in `cache_dir`, waiting for another run that holds it (which may build the same cache),
+    and remove the staging folders of builds that were killed. A full disk raises a DatasetError with the space the
+    cache needs, and leaves no half-built cache.
+    """
+    cache_dir = Path(cache_dir)
+    folder = cache_dir / f"{size}px-{cache_key(pairs, size)}"
+    if (folder / "masks.npy").exists() and not stale_folders(cache_dir, STAGING_PATTERN):
+        return folder
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with waiting_lock(cache_dir / LOCK_NAME, f"caching images in {cache_dir}"):
+            remove_stale_folders(cache_dir, STAGING_PATTERN)
+            if not (folder / "masks.npy").exists():
+                _build(pairs, size, folder)
+    except OSError as error:
+        if error.errno in NO_SPACE_ERRNOS:
+            raise DatasetError(
+                f"no space left on device while caching images in {cache_dir} ({error.strerror}): the cache needs"
+                f" {_cache_bytes(len(pairs), size) / 2**20:.1f} MiB there; free space, or run with --no-cache."
+            ) from None
+        if error.errno not in NOT_WRITABLE_ERRNOS:
+            raise
+        _note_unwritable(cache_dir, error.strerror)
+        return None
     return folder
+
+
+@functools.cache
+def _note_unwritable(cache_dir: Path, reason: str) -> None:
+    """Say once per run (not for each dataset of it) that `cache_dir` cannot be written and the files are read."""
+    print(f"note: cannot write the image cache in {cache_dir} ({reason}); reading the image files instead")
 
 
 def open_cache(folder) -> tuple[np.ndarray, np.ndarray]:
@@ -44,27 +80,39 @@ def open_cache(folder) -> tuple[np.ndarray, np.ndarray]:
     return np.load(Path(folder) / "images.npy", mmap_mode="r"), np.load(Path(folder) / "masks.npy", mmap_mode="r")
 
 
-def cached_arrays(pairs, size: int, cache_dir) -> tuple[np.ndarray, np.ndarray]:
-    """The memory-mapped cached arrays of `pairs` at `size`, building them once."""
-    return open_cache(cache_folder(pairs, size, cache_dir))
+def cached_arrays(pairs, size: int, cache_dir) -> tuple[np.ndarray, np.ndarray] | None:
+    """The memory-mapped cached arrays of `pairs` at `size`, building them once; None where no cache can be written."""
+    folder = cache_folder(pairs, size, cache_dir)
+    return None if folder is None else open_cache(folder)
+
+
+def _cache_bytes(count: int, size: int) -> int:
+    """The disk space the cache of `count` images at `size` takes: RGB images and one-byte masks, plus headers."""
+    return count * size * size * 4 + 2 * 128
 
 
 def _build(pairs, size: int, folder: Path) -> None:
-    """Decode and resize all pairs, writing the arrays into a temporary folder renamed into place at the end."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        images = np.lib.format.open_memmap(staging / "images.npy", "w+", np.uint8, (len(pairs), size, size, 3))
-        masks = np.lib.format.open_memmap(staging / "masks.npy", "w+", np.uint8, (len(pairs), size, size))
-        for index, (_, image_path, mask_path) in enumerate(tqdm(pairs, desc=f"caching {size}px", unit="img")):
-            images[index], masks[index] = load_pair(image_path, mask_path, size)
-        images.flush()
-        masks.flush()
-        del images, masks
+    """Decode and resize all pairs into a hidden staging folder, written with plain writes (a full disk raises an
+    OSError, where writing through a memory map would crash with SIGBUS), flushed to disk and renamed into place.
+    Ctrl-C, SIGTERM and errors remove the staging folder; kill -9 leaves it to the next build."""
+    with sigterm_cleans_up():
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
         try:
+            with open(staging / "images.npy", "wb") as images, open(staging / "masks.npy", "wb") as masks:
+                _write_npy_header(images, (len(pairs), size, size, 3))
+                _write_npy_header(masks, (len(pairs), size, size))
+                for _, image_path, mask_path in tqdm(pairs, desc=f"caching {size}px", unit="img"):
+                    image, mask = load_pair(image_path, mask_path, size)
+                    images.write(image.tobytes())  # C order, as the header says
+                    masks.write(mask.tobytes())
+                for file in (images, masks):
+                    file.flush()
+                    os.fsync(file.fileno())
             os.replace(staging, folder)
-        except OSError:
-            if not (folder / "masks.npy").exists():  # another process did not win the race: a real failure
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_npy_header(file, shape: tuple[int, ...]) -> None:
+    """Start a .npy file of uint8 values in C order with `shape`; the values follow as raw bytes."""
+    np.lib.format.write_array_header_1_0(file, {"descr": "|u1", "fortran_order": False, "shape": shape})

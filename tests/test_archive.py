@@ -70,3 +70,27 @@ def test_damaged_member_is_reported_as_corrupt(tmp_path):
     archive.write_bytes(bytes(data))
     with pytest.raises(ArchiveError, match="corrupt"):
         safe_extract_zip(archive, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([("Kvasir-SEG/images", b"a file"), ("Kvasir-SEG/images/a.jpg", b"x")], "'Kvasir-SEG/images' both as a file"),
+        ([("Kvasir-SEG/masks/", b""), ("Kvasir-SEG/masks", b"a file")], "'Kvasir-SEG/masks' both as a file and"),
+        ([(f"Kvasir-SEG/images/{'a' * 300}.jpg", b"x")], "an entry with a name longer than 255 bytes"),
+    ],
+    ids=["file-above-a-file", "folder-and-file", "300-characters"],
+)
+def test_entries_no_file_system_can_hold_are_refused_in_one_line(tmp_path, entries, message):
+    archive = make_zip(tmp_path / "odd.zip", entries)
+    with pytest.raises(ArchiveError, match=message) as error:
+        safe_extract_zip(archive, tmp_path / "out")
+    assert "\n" not in str(error.value) and str(error.value).endswith("refused.")
+    assert not (tmp_path / "out").exists()  # checked before anything is written
+
+
+def test_windows_separators_are_read_as_folders(tmp_path):
+    archive = make_zip(tmp_path / "windows.zip", [("Kvasir-SEG\\images\\", b""), ("Kvasir-SEG\\images\\a.jpg", b"x")])
+    safe_extract_zip(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "Kvasir-SEG" / "images" / "a.jpg").read_bytes() == b"x"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["Kvasir-SEG"]

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import threading
 
 import cv2
 import numpy as np
@@ -9,9 +10,10 @@ import pytest
 import torch
 
 from common.errors import DatasetError
+from common.files import waiting_lock
 from dataset import cache
-from dataset.cache import cached_arrays
-from dataset.images import load_pair, read_mask, read_rgb
+from dataset.cache import cache_folder, cached_arrays
+from dataset.images import load_pair, read_rgb
 from dataset.kvasir import prepare_kvasir_seg
 from dataset.segmentation import PolypDataset, RunBatchSampler, epoch_order
 from dataset.transforms import build_transform
@@ -34,12 +36,24 @@ def test_items_have_expected_shapes_and_values(pairs, size, augmentation):
 
 
 def test_masks_are_binarised_at_127(tmp_path):
-    mask = np.array([[0, 8, 127, 128], [246, 255, 60, 200]], np.uint8)
+    """A 0/255 mask with JPEG-like noise near 0 and 255 and a few grey edge pixels: foreground above 127."""
+    mask = np.zeros((10, 20), np.uint8)
+    mask[5:] = 255
+    mask[0, :4], mask[9, :4], mask[4, 4:8] = [0, 8, 3, 1], [246, 255, 250, 252], [127, 128, 60, 200]
     cv2.imwrite(str(tmp_path / "m.png"), mask)
+    cv2.imwrite(str(tmp_path / "i.png"), np.zeros((10, 20, 3), np.uint8))
+    _, binary = load_pair(tmp_path / "i.png", tmp_path / "m.png")
+    assert np.array_equal(binary, mask > 127)
+    assert binary[4, 4:8].tolist() == [0, 1, 0, 1]
+
+
+def test_a_mask_of_mostly_grey_levels_is_refused(tmp_path):
+    """Half its pixels mid-grey (this test's mask until masks without one reading were refused): no threshold
+    is the right one, so it is named instead of silently binarised."""
+    cv2.imwrite(str(tmp_path / "m.png"), np.array([[0, 8, 127, 128], [246, 255, 60, 200]], np.uint8))
     cv2.imwrite(str(tmp_path / "i.png"), np.zeros((2, 4, 3), np.uint8))
-    with pytest.warns(UserWarning, match="not a binary mask"):
-        _, binary = load_pair(tmp_path / "i.png", tmp_path / "m.png")
-    assert binary.tolist() == [[0, 0, 0, 1], [1, 1, 0, 1]]
+    with pytest.raises(DatasetError, match=r"m.png is not a binary mask \(50% of its pixels are mid-grey"):
+        load_pair(tmp_path / "i.png", tmp_path / "m.png")
 
 
 def test_same_seed_same_augmentation(pairs):
@@ -114,13 +128,6 @@ def test_bad_files_are_named(tmp_path):
         load_pair(tmp_path / "image.png", tmp_path / "mask.png")
 
 
-def test_non_binary_mask_warns(tmp_path):
-    grey = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1))
-    cv2.imwrite(str(tmp_path / "grey.png"), grey)
-    with pytest.warns(UserWarning, match="not a binary mask"):
-        read_mask(tmp_path / "grey.png")
-
-
 def test_cached_dataset_pickles_without_its_arrays(pairs, tmp_path):
     """Spawned DataLoader workers receive the dataset pickled: it must reopen the shared memory maps, not
     carry a private copy of every image."""
@@ -130,3 +137,56 @@ def test_cached_dataset_pickles_without_its_arrays(pairs, tmp_path):
     assert len(pickled) < sum(array.nbytes for array in dataset.arrays) / 10
     for original, restored in zip(first, pickle.loads(pickled)[(2, 5)], strict=True):
         assert torch.equal(original, restored)
+
+
+def test_killed_cache_builds_leave_staging_folders_that_the_next_build_removes(pairs, tmp_path):
+    leftover = tmp_path / "cache" / ".24px-0123456789abcdef0123.k1ll3d"
+    leftover.mkdir(parents=True)
+    (leftover / "images.npy").write_bytes(b"half")  # what kill -9 during caching leaves
+    assert cache_folder(pairs, 24, tmp_path / "cache") is not None
+    assert not leftover.exists()
+
+
+def test_a_second_run_waits_for_the_cache_being_built(pairs, tmp_path, capsys):
+    results = []
+    with waiting_lock(tmp_path / "cache" / ".lock", "caching in the test"):
+        second = threading.Thread(target=lambda: results.append(cache_folder(pairs, 24, tmp_path / "cache")))
+        second.start()
+        second.join(0.3)
+        assert second.is_alive() and not results
+    second.join(30)
+    assert (results[0] / "masks.npy").exists()
+    assert f"waiting for another process caching images in {tmp_path / 'cache'} (pid {os.getpid()})" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize("blocked", ["read-only", "file"])
+def test_a_cache_that_cannot_be_written_falls_back_to_reading_the_files(pairs, kvasir_dir, read_only, capsys, blocked):
+    if blocked == "read-only":
+        read_only(kvasir_dir)
+    else:
+        (kvasir_dir / "cache").write_text("a file where the cache folder goes")
+    cached = PolypDataset(pairs, 32, build_transform("none"), cache_dir=kvasir_dir / "cache")
+    reason = "Read-only file system" if blocked == "read-only" else "File exists"
+    assert capsys.readouterr().out == (
+        f"note: cannot write the image cache in {kvasir_dir / 'cache'} ({reason}); reading the image files instead\n"
+    )
+    uncached = PolypDataset(pairs, 32, build_transform("none"))
+    for from_files, expected in zip(cached[3], uncached[3], strict=True):
+        assert torch.equal(from_files, expected)
+
+
+def test_a_full_disk_while_caching_names_the_space_needed_and_leaves_no_cache(kvasir_dir, full_disk):
+    code = (
+        "from common.errors import run_main; from dataset.cache import cache_folder;"
+        " from dataset.kvasir import prepare_kvasir_seg;"
+        f" run_main(lambda: cache_folder(prepare_kvasir_seg({str(kvasir_dir)!r}), 32, {str(kvasir_dir / 'cache')!r}))"
+    )
+    result = full_disk(code, limit=20_000)  # the images need 48 KiB
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: no space left on device while caching images in {kvasir_dir / 'cache'} (File too large): the cache"
+        " needs 0.1 MiB there; free space, or run with --no-cache."
+    )
+    assert [p.name for p in (kvasir_dir / "cache").iterdir()] == [".lock"]

@@ -30,6 +30,16 @@ def test_empty_image_stops_the_run_with_one_line(kvasir_dir, tmp_path, loading):
     assert error_line(stderr).endswith("sample_003.jpg is empty (0 bytes); replace or remove it and its pair.")
 
 
+def test_training_on_a_read_only_data_folder_reads_the_image_files(kvasir_dir, tmp_path, read_only):
+    read_only(kvasir_dir)
+    status, stdout, stderr = train_in_process(tmp_path, "--epochs", "1", "--cache")
+    assert status == 0, stderr[-2000:]
+    assert (
+        f"note: cannot write the image cache in {kvasir_dir / 'cache'} (Read-only file system); reading the image"
+        " files instead" in stdout
+    )
+
+
 @pytest.mark.parametrize(
     ("last_pth", "message"),
     [
