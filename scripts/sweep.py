@@ -275,11 +275,11 @@ def advance(run: Run, config: dict, stopping: bool) -> bool:
 
 
 def last_line(log: Path) -> str:
-    """The last non-blank line of a log (tqdm's carriage-return updates count as lines)."""
+    """The last line of a log that is neither blank nor a progress bar (tqdm's carriage-return updates)."""
     with open(log, "rb") as file:
         file.seek(max(0, log.stat().st_size - 4096))
         lines = [line.strip() for line in re.split(r"[\r\n]", file.read().decode(errors="replace"))]
-    return [line for line in lines if line][-1]
+    return [line for line in lines if line and not re.search(r"\d+%\|", line)][-1]
 
 
 def step_ended(run: Run, config: dict, stopping: bool) -> bool:
@@ -290,8 +290,9 @@ def step_ended(run: Run, config: dict, stopping: bool) -> bool:
     if stopping:
         finish(run, "stopped", f"{run.step.label} stopped; run the sweep again to continue")
     else:
+        how = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited {status}"
         reason = last_line(run.log) if status else f"wrote no {run.step.writes.name}"
-        finish(run, "failed", f"{run.step.label} exited {status}: {reason}")
+        finish(run, "failed", f"{run.step.label} {how}: {reason}")
     return False
 
 

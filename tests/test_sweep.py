@@ -118,6 +118,26 @@ def test_the_last_line_of_a_log_skips_progress_bars_and_blanks(tmp_path):
     assert sweep.last_line(log) == "error: EPOCHS must be at least 1."
 
 
+@pytest.mark.parametrize(
+    ("code", "stopping", "status", "note"),
+    [
+        ("import os, signal; print('epoch 3'); os.kill(os.getpid(), signal.SIGKILL)", False, "failed",
+         "training was killed by SIGKILL: epoch 3"),
+        ("print('error: boom'); raise SystemExit(2)", False, "failed", "training exited 2: error: boom"),
+        ("pass", False, "failed", "training exited 0: wrote no summary.json"),
+        ("raise SystemExit(130)", True, "stopped", "training stopped; run the sweep again to continue"),
+    ],
+    ids=["killed", "error", "no-output", "stopped"],
+)  # fmt: skip
+def test_a_step_that_ends_without_its_file_settles_the_run(tmp_path, capsys, code, stopping, status, note):
+    run = sweep.Run(Path("a.py"), 1, tmp_path / "a-seed1")
+    sweep.start(run, sweep.Step("training", [sys.executable, "-c", code], run.folder / "summary.json"), settings())
+    run.process.wait()
+    assert sweep.step_ended(run, settings(), stopping) is False
+    assert (run.status, run.note) == (status, note)
+    assert f"a seed 1: {status} after" in capsys.readouterr().out
+
+
 def fake_run(tmp_path, recipe: str, seed: int, dice: float | None, status="done"):
     """A run whose folder holds a summary.json and evaluation JSONs around `dice` (none when None); every number
     is a binary fraction, so that the tables' values can be compared exactly."""
