@@ -1,0 +1,345 @@
+"""scripts/sweep.py: what each run still needs, the shared workers and threads, the ranking tables, and (slow) a real
+sweep of tiny recipes on the CPU: stopped by Ctrl-C, continued with a failing recipe, re-run, and scored on test."""
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from common.errors import UserError
+from dataset.synthetic import make_kvasir_folder
+from tests.scripts import REPO, load_script, run_script
+
+sweep = load_script("sweep")
+
+TINY_RECIPE = "IMAGE_SIZE = 32\nBASE_CHANNELS = 4\nDEPTH = 2\nBATCH_SIZE = 4\nPANEL_EVERY = 100\n"
+RECIPES = {  # long enough to be stopped mid-run; one epoch; refused by train.py (exit 2)
+    "long": TINY_RECIPE + "EPOCHS = 30\n",
+    "short": TINY_RECIPE + "EPOCHS = 1\nLEARNING_RATE = 0.01\n",
+    "broken": TINY_RECIPE + "EPOCHS = 1\nLEARNING_RATE = 0\n",
+}
+EPOCH_LINE = re.compile(r"epoch +\d+  train loss")
+
+
+def settings(**changes) -> dict:
+    """The sweep's default settings, as read_settings leaves them, with `changes`."""
+    config = {**sweep.script_constants(vars(sweep)), "TRAIN_FLAGS": [], **changes}
+    return config
+
+
+def touch(*paths: Path) -> None:
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+
+
+# --- fast: the pieces, in this process ---------------------------------------------------------------------------
+
+
+def test_next_step_trains_resumes_then_scores_each_missing_evaluation(tmp_path):
+    run = sweep.Run(Path("configs/a.py"), 43, tmp_path / "a-seed43")
+    config = settings(DATA_DIR="d", DEVICE="cpu", NUM_WORKERS=0, TRAIN_FLAGS=["--epochs", "3"])
+    step = sweep.next_step(run, config)
+    assert step.label == "training" and step.writes == run.folder / "summary.json"
+    assert step.command[1:] == [
+        str(REPO / "scripts" / "train.py"), "configs/a.py", "--seed", "43", "--output-dir", str(run.folder),
+        "--checkpoint-path", str(run.folder / "best.pth"), "--data-dir", "d", "--device", "cpu", "--num-workers", "0",
+        "--no-show-panels", "--overwrite", "--epochs", "3",
+    ]  # fmt: skip
+    touch(run.folder / "last.pth")
+    step = sweep.next_step(run, config)
+    assert step.label == "resuming" and "--resume" in step.command and "--overwrite" not in step.command
+    touch(run.folder / "summary.json")
+    labels = []
+    while step := sweep.next_step(run, config):
+        assert step.command[1] == str(REPO / "scripts" / "evaluate.py")
+        assert step.command[-4:] == ["--json", str(step.writes), "--csv", str(step.writes.with_suffix(".csv"))]
+        labels.append((step.label, step.command[4:7]))
+        touch(step.writes)
+    assert labels == [("scoring val_tta", ["--split", "val", "--tta"]), ("scoring val", ["--split", "val", "--no-tta"])]
+    step = sweep.next_step(run, {**config, "TEST": True})
+    assert step.label == "scoring test_tta" and step.command[4:7] == ["--split", "test", "--tta"]
+
+
+@pytest.mark.parametrize(
+    ("cpus", "parallel", "num_workers", "workers", "threads"),
+    [(16, 3, -1, 5, "5"), (16, 1, -1, 8, "16"), (2, 2, -1, 1, "1"), (16, 3, 2, 2, "5")],
+)
+def test_workers_and_threads_are_shared_among_the_parallel_runs(
+    monkeypatch, cpus, parallel, num_workers, workers, threads
+):
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: cpus)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    config = settings(PARALLEL=parallel, NUM_WORKERS=num_workers)
+    assert sweep.workers_per_run(config) == workers
+    environment = sweep.child_environment(config)
+    assert environment["OMP_NUM_THREADS"] == threads and environment["PYTHONUNBUFFERED"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert sweep.child_environment(config)["OMP_NUM_THREADS"] == "3"  # the user's own setting wins
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("--epochs 5 --output-dir x", "TRAIN_FLAGS may not hold --output-dir: the sweep sets it for each run"),
+        ("--seed=3", "TRAIN_FLAGS may not hold --seed=3"),
+        ("--epochs '5", "cannot be split into flags: No closing quotation"),
+    ],
+)
+def test_train_flags_that_cannot_work_are_refused(text, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        sweep.train_flags(text)
+
+
+def test_missing_or_same_named_recipes_are_refused(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    for path in (tmp_path / "one" / "a.py", tmp_path / "two" / "a.py"):
+        path.write_text("EPOCHS = 1\n")
+    config = settings(SWEEP_DIR=str(tmp_path / "sweep"), SEEDS=[1, 2])
+    with pytest.raises(UserError, match="recipe file .*missing.py not found"):
+        sweep.plan_runs({**config, "recipe_files": [str(tmp_path / "missing.py")]})
+    with pytest.raises(UserError, match="two recipes share a file name"):
+        sweep.plan_runs({**config, "recipe_files": [str(tmp_path / "one" / "a.py"), str(tmp_path / "two" / "a.py")]})
+    runs = sweep.plan_runs({**config, "recipe_files": [str(tmp_path / "one" / "a.py")]})
+    assert [run.folder.name for run in runs] == ["a-seed1", "a-seed2"]
+
+
+def test_the_last_line_of_a_log_skips_progress_bars_and_blanks(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text("$ train.py\nepoch 1/2:  50%|#  | 1/2\repoch 1/2: 100%\r   \rerror: EPOCHS must be at least 1.\n\n")
+    assert sweep.last_line(log) == "error: EPOCHS must be at least 1."
+
+
+@pytest.mark.parametrize(
+    ("code", "stopping", "status", "note"),
+    [
+        ("import os, signal; print('epoch 3'); os.kill(os.getpid(), signal.SIGKILL)", False, "failed",
+         "training was killed by SIGKILL: epoch 3"),
+        ("print('error: boom'); raise SystemExit(2)", False, "failed", "training exited 2: error: boom"),
+        ("pass", False, "failed", "training exited 0: wrote no summary.json"),
+        ("raise SystemExit(130)", True, "stopped", "training stopped; run the sweep again to continue"),
+    ],
+    ids=["killed", "error", "no-output", "stopped"],
+)  # fmt: skip
+def test_a_step_that_ends_without_its_file_settles_the_run(tmp_path, capsys, code, stopping, status, note):
+    run = sweep.Run(Path("a.py"), 1, tmp_path / "a-seed1")
+    sweep.start(run, sweep.Step("training", [sys.executable, "-c", code], run.folder / "summary.json"), settings())
+    run.process.wait()
+    assert sweep.step_ended(run, settings(), stopping) is False
+    assert (run.status, run.note) == (status, note)
+    assert f"a seed 1: {status} after" in capsys.readouterr().out
+
+
+def fake_run(tmp_path, recipe: str, seed: int, dice: float | None, status="done"):
+    """A run whose folder holds a summary.json and evaluation JSONs around `dice` (none when None); every number
+    is a binary fraction, so that the tables' values can be compared exactly."""
+    run = sweep.Run(Path(f"configs/{recipe}.py"), seed, tmp_path / f"{recipe}-seed{seed}", status=status)
+    run.folder.mkdir()
+    if dice is None:
+        return run
+    summary = {"best_epoch": seed, "best_val_dice": dice - 0.25, "wall_seconds": 60.0 * seed, "images_per_second": 9.5}
+    (run.folder / "summary.json").write_text(json.dumps(summary))
+    for name, offset in (("val_tta", 0.0), ("val", -0.125)):
+        report = {"summary": {"mean": {"dice": dice + offset, "iou": (dice + offset) / 2}}}
+        (run.folder / f"{name}.json").write_text(json.dumps(report))
+    return run
+
+
+def test_ranking_tables_rank_runs_and_recipe_means_by_val_dice_with_tta(tmp_path):
+    runs = [
+        fake_run(tmp_path, "a", 1, 0.5),
+        fake_run(tmp_path, "a", 2, 0.875),
+        fake_run(tmp_path, "b", 1, 0.75),
+        fake_run(tmp_path, "b", 2, 0.5625),
+        fake_run(tmp_path, "c", 1, None, status="failed"),
+    ]
+    runs[-1].note = "training exited 2: error: x | y"
+    markdown = sweep.write_ranking(runs, settings(SWEEP_DIR=str(tmp_path)))
+    rows = read_csv(tmp_path / "ranking.csv")
+    assert [(row["rank"], row["recipe"], row["seed"], row["val_tta_dice"]) for row in rows] == [
+        ("1", "a", "2", "0.875"), ("2", "b", "1", "0.75"), ("3", "b", "2", "0.5625"), ("4", "a", "1", "0.5"),
+        ("", "c", "1", ""),
+    ]  # fmt: skip
+    assert (rows[0]["val_dice"], rows[0]["val_dice_train_size"], rows[0]["minutes"]) == ("0.75", "0.625", "2.0")
+    recipes = read_csv(tmp_path / "ranking_recipes.csv")
+    assert [(row["rank"], row["recipe"], row["runs"]) for row in recipes] == [
+        ("1", "a", "2/2"), ("2", "b", "2/2"), ("", "c", "0/1"),
+    ]  # fmt: skip
+    assert float(recipes[0]["val_tta_dice"]) == 0.6875 and float(recipes[1]["best_epoch"]) == 1.5
+    assert float(recipes[0]["val_tta_dice_std"]) == pytest.approx(0.375 / 2**0.5)  # the sample std over seeds
+    assert recipes[2]["val_tta_dice"] == ""
+    assert (tmp_path / "ranking.md").read_text() == markdown
+    assert "| 1 | a | 2 | done | 2 | 0.8750 | 0.4375 | 0.7500 | 0.3750 | 0.6250 | 2.0 | 9.5 |  |" in markdown
+    assert "|  | c | 1 | failed |  |  |  |  |  |  |  |  | training exited 2: error: x \\| y |" in markdown
+    assert "| 1 | a | 2/2 | 1.5 | 0.6875 | 0.2652 | 0.3438 |" in markdown
+
+
+# --- slow: a real sweep on the CPU ----------------------------------------------------------------------------------
+
+
+def sweep_command(tmp_path, *recipes: str, seeds=("42", "43"), flags=()) -> list[str]:
+    """The arguments of a CPU sweep of tmp_path/<recipe>.py on the synthetic data in tmp_path/data."""
+    return [
+        *(str(tmp_path / f"{recipe}.py") for recipe in recipes), "--seeds", *seeds, "--parallel", "2",
+        "--sweep-dir", str(tmp_path / "sweep"), "--data-dir", str(tmp_path / "data"), "--device", "cpu",
+        "--num-workers", "0", *flags,
+    ]  # fmt: skip
+
+
+def wait_for(condition, what: str, timeout: float = 120):
+    """The first true value of `condition()`, polled every 50 ms."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def read_csv(path) -> list[dict]:
+    with open(path) as file:
+        return list(csv.DictReader(file))
+
+
+def interrupted_sweep(tmp_path, command: list[str]) -> dict:
+    """Start the sweep in its own session, press Ctrl-C (SIGINT to its group) as soon as one of the two `long` runs
+    has finished an epoch, and return the sweep's exit status and output, which run that was, and the state left."""
+    output = open(tmp_path / "interrupted.txt", "w+")  # noqa: SIM115
+    environment = {**os.environ, "MPLBACKEND": "Agg", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "sweep.py"), *command],
+        stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=environment,
+    )  # fmt: skip
+    logs = {seed: tmp_path / "sweep" / f"long-seed{seed}" / "run.log" for seed in ("42", "43")}
+    try:
+        trained = wait_for(
+            lambda: [seed for seed, log in logs.items() if log.is_file() and EPOCH_LINE.search(log.read_text())],
+            "an epoch line in a log",
+        )
+        os.killpg(process.pid, signal.SIGINT)
+        status = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    output.seek(0)
+    return {
+        "status": status,
+        "output": output.read(),
+        "trained": trained[0],  # the seed of the run known to be inside its epochs when the signal came
+        "logs": {seed: log.read_text() for seed, log in logs.items()},
+        "files": {seed: {path.name for path in log.parent.iterdir()} for seed, log in logs.items()},
+        "ranking": read_csv(tmp_path / "sweep" / "ranking.csv"),
+    }
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """Two tiny recipes and a broken one x seeds 42 and 43, two runs at a time: stopped by Ctrl-C during the first
+    runs, run again to the end, then again (nothing left to do), then once more for one run with --test."""
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    make_kvasir_folder(tmp_path / "data", 12)
+    for name, text in RECIPES.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    command = sweep_command(tmp_path, "long", "short", "broken")
+    results = {"interrupted": interrupted_sweep(tmp_path, command)}
+    finished = run_script("sweep", *command)
+    results["finished"] = {
+        "result": finished,
+        "runs": read_csv(tmp_path / "sweep" / "ranking.csv"),
+        "recipes": read_csv(tmp_path / "sweep" / "ranking_recipes.csv"),
+        "markdown": (tmp_path / "sweep" / "ranking.md").read_text(),
+        "logs": {path.parent.name: path.read_text() for path in (tmp_path / "sweep").glob("*/run.log")},
+    }
+    results["again"] = run_script("sweep", *sweep_command(tmp_path, "long", "short"))
+    results["test"] = run_script("sweep", *sweep_command(tmp_path, "short", seeds=["42"], flags=["--test"]))
+    return tmp_path, results
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_running_runs_which_save_their_state(sweeps):
+    _, results = sweeps
+    interrupted = results["interrupted"]
+    assert interrupted["status"] == 130, interrupted["output"][-3000:]
+    assert "SIGINT received: stopping 2 running process(es), no new runs" in interrupted["output"]
+    trained = interrupted["trained"]  # train.py got the signal once, inside its epochs: it saved and stopped
+    assert "SIGINT received: saving after this step" in interrupted["logs"][trained]
+    assert "continue with --resume" in interrupted["logs"][trained] and "Traceback" not in interrupted["logs"][trained]
+    assert "last.pth" in interrupted["files"][trained]
+    statuses = {(row["recipe"], row["seed"]): (row["status"], row["note"]) for row in interrupted["ranking"]}
+    for seed in ("42", "43"):  # the other run too, though maybe before its first epoch
+        assert statuses[("long", seed)] == ("stopped", "training stopped; run the sweep again to continue")
+        assert "summary.json" not in interrupted["files"][seed]
+    assert statuses[("short", "42")] == ("pending", "not started; run the sweep again to continue")
+    assert "# Recipe ranking: 6 runs in" in interrupted["output"]  # the table of what finished, printed
+
+
+@pytest.mark.slow
+def test_running_again_resumes_the_stopped_runs_and_reports_the_failed_one(sweeps):
+    tmp_path, results = sweeps
+    finished = results["finished"]
+    result = finished["result"]
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]  # the broken recipe failed
+    log = finished["logs"][f"long-seed{results['interrupted']['trained']}"]
+    assert "--resume" in log.split("\n$ ")[2] and "resuming" in log  # the second command continued the run
+    for seed in ("42", "43"):
+        history = read_csv(tmp_path / "sweep" / f"long-seed{seed}" / "history.csv")
+        assert [int(row["epoch"]) for row in history] == list(range(1, 31))
+        assert f"broken seed {seed}: failed after" in result.stdout
+    statuses = {(row["recipe"], row["seed"]): (row["status"], row["note"]) for row in finished["runs"]}
+    assert statuses[("broken", "42")] == ("failed", "training exited 2: error: LEARNING_RATE must be > 0.")
+    assert [status for (recipe, _), (status, _) in statuses.items() if recipe != "broken"] == ["done"] * 4
+
+
+@pytest.mark.slow
+def test_ranking_tables_hold_the_evaluation_scores_in_order(sweeps):
+    tmp_path, results = sweeps
+    runs, recipes = results["finished"]["runs"], results["finished"]["recipes"]
+    assert len(runs) == 6 and sorted(row["recipe"] for row in recipes[:2]) == ["long", "short"]
+    assert recipes[2]["recipe"] == "broken"
+    done = [row for row in runs if row["status"] == "done"]
+    assert [int(row["rank"]) for row in done] == [1, 2, 3, 4] and runs[4]["rank"] == runs[5]["rank"] == ""
+    scores = [float(row["val_tta_dice"]) for row in done]
+    assert scores == sorted(scores, reverse=True)
+    for row in done:
+        folder = Path(row["folder"])
+        summary = json.loads((folder / "summary.json").read_text())
+        assert (int(row["best_epoch"]), float(row["val_dice_train_size"])) == (
+            summary["best_epoch"], summary["best_val_dice"]
+        )  # fmt: skip
+        assert float(row["images_per_second"]) == summary["images_per_second"]
+        for name in ("val_tta", "val"):
+            mean = json.loads((folder / f"{name}.json").read_text())["summary"]["mean"]
+            assert (float(row[f"{name}_dice"]), float(row[f"{name}_iou"])) == (mean["dice"], mean["iou"])
+        assert "test_tta_dice" not in row  # the test split only with --test
+    for recipe in recipes[:2]:
+        seeds = [float(row["val_tta_dice"]) for row in done if row["recipe"] == recipe["recipe"]]
+        assert recipe["runs"] == "2/2" and float(recipe["val_tta_dice"]) == pytest.approx(sum(seeds) / 2)
+    assert float(recipes[0]["val_tta_dice"]) >= float(recipes[1]["val_tta_dice"])
+    markdown = results["finished"]["markdown"]
+    assert "## Recipes: mean over seeds of the completed runs, ranked by mean full-size val Dice with TTA" in markdown
+    assert markdown in results["finished"]["result"].stdout
+
+
+@pytest.mark.slow
+def test_running_again_reuses_finished_runs_and_test_scores_only_with_the_flag(sweeps):
+    tmp_path, results = sweeps
+    again, test = results["again"], results["test"]
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done earlier, its scores are reused") == 4 and "training" not in again.stdout
+    logs = results["finished"]["logs"]
+    assert (tmp_path / "sweep" / "long-seed42" / "run.log").read_text() == logs["long-seed42"]  # nothing ran
+    assert test.returncode == 0, test.stderr[-3000:]
+    log = (tmp_path / "sweep" / "short-seed42" / "run.log").read_text()
+    new_commands = log.removeprefix(logs["short-seed42"]).split("\n$ ")[1:]
+    assert len(new_commands) == 1 and "--split test --tta" in new_commands[0]  # no training, val scores reused
+    (row,) = read_csv(tmp_path / "sweep" / "ranking.csv")
+    mean = json.loads((tmp_path / "sweep" / "short-seed42" / "test_tta.json").read_text())["summary"]["mean"]
+    assert (float(row["test_tta_dice"]), float(row["test_tta_iou"])) == (mean["dice"], mean["iou"])
+    assert "test Dice TTA" in test.stdout and "never used to rank" in test.stdout
