@@ -51,9 +51,13 @@ def model_checkpoint(model: UNet, image_size: int, epoch: int, metrics: dict, da
 
 
 def save_checkpoint(path, checkpoint: dict) -> None:
-    """Write `checkpoint` to a temporary file and rename it over `path`, so a kill never leaves half a file."""
-    with atomic_path(path) as temporary:
-        torch.save(checkpoint, temporary)
+    """Write `checkpoint` to a temporary file and rename it over `path`, so a kill never leaves half a file.
+
+    It is written through a Python file, whose failed write (a full disk) is an OSError that atomic_path turns
+    into a one-line message; torch.save given a path reports it as a bare RuntimeError instead.
+    """
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        torch.save(checkpoint, file)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

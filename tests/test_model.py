@@ -1,6 +1,7 @@
 """U-Net shapes for many input sizes, and checkpoints that rebuild the model or fail clearly."""
 
 import argparse
+import textwrap
 
 import pytest
 import torch
@@ -71,3 +72,22 @@ def test_checkpoints_load_without_unpickling_objects(tmp_path):
     torch.save({"model_state": {}, "model_config": {}, "extra": argparse.Namespace()}, tmp_path / "pickled.pth")
     with pytest.raises(UserError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "pickled.pth")
+
+
+def test_a_full_disk_while_saving_keeps_the_old_checkpoint_and_says_so(tmp_path, full_disk):
+    path = tmp_path / "model.pth"
+    save_checkpoint(path, {"model_state": {}, "model_config": {}})
+    before = path.read_bytes()
+    code = textwrap.dedent(f"""
+        import torch
+        from common.errors import UserError
+        from model import save_checkpoint
+        try:
+            save_checkpoint({str(path)!r}, {{"weights": torch.zeros(1_000_000)}})
+        except UserError as error:
+            print(error)
+    """)
+    result = full_disk(code, limit=100_000)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"no space left on device while writing {path}")
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
