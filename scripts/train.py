@@ -56,6 +56,7 @@ from utils.training import (
     COMPILE_MODES,
     OPTIMIZERS,
     SCHEDULES,
+    TimeEstimate,
     compile_model,
     learning_rate_factor,
     make_optimizer,
@@ -616,6 +617,7 @@ def train(run: Run, training: Training, data: TrainingData, progress: Progress, 
         schedule=config["SCHEDULE"],
     )
     images_trained, saved_at, stopping, batches = 0, time.monotonic(), False, iter(data.train_loader)
+    estimate = TimeEstimate(device)
     while progress.epoch <= epochs and not stopping:
         seconds, epoch_start = {"train": 0.0, "save": 0.0}, time.perf_counter()
         training.network.train()
@@ -650,6 +652,8 @@ def train(run: Run, training: Training, data: TrainingData, progress: Progress, 
             progress.step_losses[progress.step] = loss
             progress.step += 1
             images_trained += len(images) * run.processes.world_size
+            if run.processes.is_main:
+                estimate.step_done((epochs - progress.epoch + 1) * steps - progress.step, write=tqdm.write)
             if training.ema:
                 training.ema.update_parameters(training.model)
             if stop.requested or run.processes.distributed and step % STOP_CHECK_STEPS == 0:
@@ -675,6 +679,12 @@ def main() -> int:
     config, resumed = read_settings()
     check_settings(config)
     run = start_run(config)
+    if run.device.type == "cpu" and config["IMAGE_SIZE"] ** 2 * config["BASE_CHANNELS"] >= 256**2 * 64:
+        print(
+            f"note: this is the full GPU-sized recipe ({config['IMAGE_SIZE']} px, base width {config['BASE_CHANNELS']},"
+            f" {config['EPOCHS']} epochs) on a CPU, where it takes days; the estimate follows after the first steps."
+            " For a run of minutes: python scripts/train.py configs/cpu_quick.py"
+        )
     with run_files_held(run, resuming=resumed is not None):
         training = prepare_training(run)
         progress = restore_training_state(resumed, training, run.device) if resumed else None

@@ -28,6 +28,7 @@ def test_run_writes_checkpoint_panels_and_history(trained):
     tmp_path, result, _ = trained
     run = tmp_path / "run"
     assert "device: cpu" in result.stdout and "val Dice" in result.stdout
+    assert "estimated time: " in result.stdout and "steps left" in result.stdout
     assert sorted(p.name for p in (run / "panels").iterdir()) == ["epoch_002.png", "epoch_003.png"]
     history = read_history(run / "history.csv")
     assert [row["epoch"] for row in history] == ["1", "2", "3"]
@@ -252,3 +253,11 @@ def test_malformed_dataset_specs_are_refused_before_any_work(tmp_path, datasets,
     status, _, stderr = train_in_process(tmp_path, "--datasets", *datasets)
     assert status == 2 and message in error_line(stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_full_recipe_on_a_cpu_is_announced_with_the_quick_alternative(tmp_path):
+    full_size = ["--image-size", "256", "--base-channels", "64", "--depth", "4"]  # after TINY: the defaults again
+    status, stdout, _ = train_in_process(tmp_path, *full_size, "--data-url", "http://127.0.0.1:9/kvasir-seg.zip")
+    assert status == 2  # stopped by the download; the note came first, before any data or training
+    assert "note: this is the full GPU-sized recipe (256 px, base width 64, 100 epochs) on a CPU" in stdout
+    assert "python scripts/train.py configs/cpu_quick.py" in stdout

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from utils.losses import bce_dice_loss
-from utils.training import learning_rate_factor, multi_scale_size, resize_batch, training_step
+from utils.training import (
+    TimeEstimate,
+    format_duration,
+    learning_rate_factor,
+    multi_scale_size,
+    resize_batch,
+    training_step,
+)
 from utils.validation import THRESHOLDS, choose_threshold
 
 
@@ -67,3 +74,19 @@ def test_threshold_moves_only_when_another_wins_on_validation():
     assert set(dice) == set(THRESHOLDS) and dice[0.35] == 1.0 and dice[0.5] == 0.0 and threshold in (0.3, 0.35)
     exact = FixedProbabilities(torch.tensor([[[[0.9, 0.9, 0.1, 0.1]]]]))  # every threshold scores 1: keep 0.5
     assert choose_threshold(exact, [(torch.zeros(1, 3, 1, 4), masks)], torch.device("cpu"))[0] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(45, "45 s"), (12 * 60, "12 min"), (3 * 3600 + 12 * 60, "3 h 12 min"), (53 * 3600, "2 days 5 h")],
+)
+def test_durations_read_as_a_person_says_them(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_the_estimate_comes_once_after_the_timed_steps_and_leaves_out_the_first():
+    estimate, written = TimeEstimate(torch.device("cpu"), timed_steps=2), []
+    messages = [estimate.step_done(steps_left, write=written.append) for steps_left in (99, 98, 97, 96)]
+    assert messages[:2] == [None, None] and messages[3] is None
+    assert written == [messages[2]] and messages[2].startswith("estimated time: ")
+    assert "for the 97 steps left" in messages[2]

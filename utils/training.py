@@ -2,12 +2,13 @@
 schedule, compilation and multi-scale resizing."""
 
 import math
+import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.device import autocast
+from common.device import autocast, synchronize
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
@@ -75,3 +76,45 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, learning_rate: float) ->
     """Use `learning_rate` for the next step: the schedule is a function of the step, so resuming needs no state."""
     for group in optimizer.param_groups:
         group["lr"] = learning_rate
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as a person reads it: '45 s', '12 min', '3 h 12 min', '2 days 5 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    return f"{hours // 24} days {hours % 24} h"
+
+
+class TimeEstimate:
+    """Prints once, after the first few steps of a run, how long the whole run will take at that pace.
+
+    The first step is left out of the timing (it pays for start-up: worker processes, cuDNN autotuning,
+    compilation); the device is synchronised before each reading, so the time is that of the work, not its launch.
+    """
+
+    def __init__(self, device: torch.device, timed_steps: int = 3):
+        self.device, self.timed_steps = device, timed_steps
+        self.steps_done, self.started = 0, 0.0
+
+    def step_done(self, steps_left: int, write=print) -> str | None:
+        """Count one step; after the timed ones, write (and return) the estimate for the `steps_left` steps."""
+        self.steps_done += 1
+        if self.steps_done == 1:
+            synchronize(self.device)
+            self.started = time.perf_counter()
+        elif self.steps_done == 1 + self.timed_steps:
+            synchronize(self.device)
+            per_step = (time.perf_counter() - self.started) / self.timed_steps
+            message = (
+                f"estimated time: {format_duration(per_step * steps_left)} for the {steps_left} steps left"
+                f" ({per_step:.2f} s each; validation comes on top)"
+            )
+            write(message)
+            return message
+        return None
