@@ -14,7 +14,7 @@ from common.device import autocast, autocast_dtype, configure_fast_path, resolve
 from common.errors import UserError
 from model.checkpoint import describe_bad_preprocessing, load_checkpoint, model_from_checkpoint
 
-THRESHOLD = 0.5  # a pixel is polyp when its probability exceeds this
+THRESHOLD = 0.5  # a pixel is polyp when its probability exceeds this, unless the checkpoint chose another threshold
 TTA_FLIPS = ((), (3,), (2,))  # identity, horizontal flip, vertical flip (dims of an [N, C, H, W] batch)
 
 
@@ -37,21 +37,25 @@ def resize_probabilities(probabilities: torch.Tensor, height: int, width: int) -
 
 @dataclass
 class Predictor:
-    """A segmentation model with its preprocessing: RGB images of any size in, probability maps of that size out."""
+    """A segmentation model with its preprocessing: RGB images of any size in, probability maps of that size out.
+    `threshold` defaults to the preprocessing's own (THRESHOLD when it has none)."""
 
     model: torch.nn.Module
     preprocessing: dict
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     amp_dtype: torch.dtype | None = None
     tta: bool = False
+    threshold: float | None = None
 
     def __post_init__(self):
+        self.resolve_threshold()
         self.memory_format = configure_fast_path(self.device)
         self.model = self.model.to(self.device, memory_format=self.memory_format).eval()
 
     @classmethod
     def from_checkpoint(cls, checkpoint, device="auto", mixed_precision: bool = True, tta: bool = False):
-        """Build from a checkpoint dict or path; `device` is auto | cpu | cuda | cuda:N, bf16/fp16 autocast on CUDA."""
+        """Build from a checkpoint dict or path; `device` is auto | cpu | cuda | cuda:N, bf16/fp16 autocast on CUDA.
+        The threshold is the checkpoint's `preprocessing["threshold"]` (THRESHOLD when it has none)."""
         source = "the checkpoint" if isinstance(checkpoint, dict) else checkpoint
         checkpoint = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         problem = describe_bad_preprocessing(checkpoint.get("preprocessing"))
@@ -60,6 +64,16 @@ class Predictor:
         device = resolve_device(device) if isinstance(device, str) else device
         amp_dtype = autocast_dtype(device) if mixed_precision else None
         return cls(model_from_checkpoint(checkpoint, source), checkpoint["preprocessing"], device, amp_dtype, tta)
+
+    def resolve_threshold(self) -> None:
+        """Take the threshold from the preprocessing when none was given (THRESHOLD for checkpoints that chose
+        none), and refuse one that is not a probability strictly between 0 and 1."""
+        if self.threshold is None:
+            self.threshold = self.preprocessing.get("threshold", THRESHOLD)
+        threshold = self.threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < 1:
+            raise UserError(f"the threshold is {threshold!r}; it must be a probability strictly between 0 and 1.")
+        self.threshold = float(threshold)
 
     def prepare(self, images: list[np.ndarray]) -> torch.Tensor:
         """A normalised batch [N, 3, S, S] on the predictor's device."""
@@ -87,8 +101,8 @@ class Predictor:
         ]
 
     def masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Boolean masks [H, W] (probability > THRESHOLD), each at its image's own size."""
-        return [(probabilities > THRESHOLD).numpy() for probabilities in self.probabilities(images)]
+        """Boolean masks [H, W] (probability > the predictor's threshold), each at its image's own size."""
+        return [(probabilities > self.threshold).numpy() for probabilities in self.probabilities(images)]
 
 
 def predictor_from_settings(checkpoint, settings: dict) -> Predictor:
