@@ -1,5 +1,7 @@
 """utils/inference.py: training-identical preprocessing, predictions back at each image's size, flip TTA."""
 
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from common.errors import UserError
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from model import UNet, load_checkpoint
 from tests.checkpoints import save_untrained_checkpoint
-from utils.inference import THRESHOLD, Predictor, prepare_image
+from utils.inference import THRESHOLD, OnnxPredictor, Predictor, predictor_from_settings, prepare_image
 from utils.visualization import overlay_mask
 
 PREPROCESSING = {"image_size": 32, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
@@ -76,6 +78,18 @@ def test_masks_use_the_checkpoint_threshold_unless_another_is_given(tmp_path, ch
 def test_a_threshold_that_is_not_a_probability_is_refused(threshold):
     with pytest.raises(UserError, match="strictly between 0 and 1"):
         Predictor(ColumnRamp(), {**PREPROCESSING, "threshold": threshold})
+
+
+def test_onnx_inference_without_onnxruntime_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    with pytest.raises(UserError, match=r"^onnxruntime is not installed; .*`pip install -r requirements-export.txt`"):
+        OnnxPredictor.from_file("model.onnx")
+
+
+def test_an_onnx_model_is_refused_on_a_gpu():
+    settings = {"BATCH_SIZE": 8, "DEVICE": "cuda", "MIXED_PRECISION": True, "TTA": True}
+    with pytest.raises(UserError, match="runs on the CPU with ONNX Runtime; drop --device cuda"):
+        predictor_from_settings("model.pth", settings, onnx_model="model.onnx")
 
 
 @pytest.mark.parametrize(("height", "width"), [(37, 53), (120, 90)])
