@@ -2,6 +2,7 @@
 
     python scripts/predict.py polyp.jpg                      # writes outputs/predictions/polyp_{mask,overlay}.png
     python scripts/predict.py folder/ more.png --output results --no-tta   # one forward pass per image
+    python scripts/predict.py polyp.jpg --onnx models/unet_kvasirseg.onnx   # the model of scripts/export.py
 
 INPUT is an image file or a folder of them (PNG, JPEG, TIFF, BMP; grey, RGB or RGBA; any size).
 A run never replaces an input, never writes into a folder given as INPUT (its masks would mix with the images and
@@ -26,6 +27,7 @@ from utils import inference  # as a module: its THRESHOLD is not a setting of th
 from utils.visualization import overlay_mask
 
 CHECKPOINT = "models/unet_kvasirseg.pth"  # the model to predict with
+ONNX = ""  # predict with this ONNX model of scripts/export.py instead (on the CPU with ONNX Runtime)
 OUTPUT = "outputs/predictions"  # NAME_mask.png (0 or 255) and NAME_overlay.png for each input NAME.ext
 BATCH_SIZE = 8  # images per forward pass
 TTA = True  # average the probabilities of the image and its horizontal and vertical flips, as evaluate.py
@@ -94,12 +96,16 @@ def check_outputs(inputs: list[str], paths: list[Path], output_dir: Path, overwr
 
 def main() -> None:
     inputs_flag = (("inputs",), dict(nargs="+", metavar="INPUT", help="image files and/or folders of images"))
-    config = parse_settings(script_constants(globals()), __file__, extra_flags=[inputs_flag]).values
+    settings = parse_settings(script_constants(globals()), __file__, extra_flags=[inputs_flag])
+    config = settings.values
+    if {"CHECKPOINT", "ONNX"} <= settings.given:
+        raise UserError("give --checkpoint or --onnx, not both.")
     paths = collect_inputs(config["inputs"])
     output_dir = Path(config["OUTPUT"])
     check_outputs(config["inputs"], paths, output_dir, config["OVERWRITE"])
-    predictor = inference.predictor_from_settings(config["CHECKPOINT"], config)
-    print(f"predicting {len(paths)} image(s) on {describe_device(predictor.device)} into {output_dir}")
+    predictor = inference.predictor_from_settings(config["CHECKPOINT"], config, onnx_model=config["ONNX"])
+    runtime = f"ONNX Runtime on the CPU ({config['ONNX']})" if config["ONNX"] else describe_device(predictor.device)
+    print(f"predicting {len(paths)} image(s) on {runtime} into {output_dir}")
     with tqdm(total=len(paths), desc="predicting", unit="img", disable=len(paths) == 1) as bar:
         for start in range(0, len(paths), config["BATCH_SIZE"]):
             chunk = paths[start : start + config["BATCH_SIZE"]]

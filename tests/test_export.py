@@ -4,6 +4,7 @@ written only when ONNX Runtime gives PyTorch's probabilities; predict.py --onnx 
 import json
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -149,3 +150,20 @@ def test_the_script_prints_the_check_and_the_speed(exported, tmp_path):
     assert "2 x 320x288: max |probability difference|" in result.stdout
     assert "ONNX Runtime" in result.stdout and "images/s" in result.stdout and "check passed" in result.stdout
     assert f"wrote {onnx_path}" in result.stdout and onnx_path.is_file()
+
+
+@pytest.mark.slow
+def test_predict_with_the_onnx_model_writes_the_checkpoints_masks(exported, tmp_path):
+    checkpoint_path, onnx_path, _ = exported
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, image in enumerate(synthetic_images()):
+        cv2.imwrite(str(images / f"case{index}.png"), image)
+    for flag, model_path in (("--checkpoint", checkpoint_path), ("--onnx", onnx_path)):
+        result = run_script("predict", images, flag, model_path, "--output", tmp_path / flag[2:], "--device", "cpu")
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "ONNX Runtime on the CPU" in result.stdout
+    for index, image in enumerate(synthetic_images()):
+        expected = cv2.imread(str(tmp_path / "checkpoint" / f"case{index}_mask.png"), cv2.IMREAD_UNCHANGED)
+        found = cv2.imread(str(tmp_path / "onnx" / f"case{index}_mask.png"), cv2.IMREAD_UNCHANGED)
+        assert found.shape == expected.shape == image.shape[:2] and np.mean(found != expected) <= 0.001

@@ -114,3 +114,8 @@ def test_existing_outputs_are_replaced_only_with_overwrite(tmp_path):
         predict.check_outputs(inputs, paths, tmp_path / "out", overwrite=False)
     predict.check_outputs(inputs, paths, tmp_path / "out", overwrite=True)
     predict.check_outputs(inputs, paths, tmp_path / "new", overwrite=False)
+
+
+def test_a_checkpoint_and_an_onnx_model_together_are_refused(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="give --checkpoint or --onnx, not both"):
+        run_predict_main(monkeypatch, tmp_path, "--checkpoint", tmp_path / "m.pth", "--onnx", tmp_path / "m.onnx")
