@@ -4,7 +4,8 @@
     python scripts/predict.py folder/ more.png --output results --no-tta   # one forward pass per image
     python scripts/predict.py polyp.jpg --onnx models/unet_kvasirseg.onnx   # the model of scripts/export.py
 
-INPUT is an image file or a folder of them (PNG, JPEG, TIFF, BMP; grey, RGB or RGBA; any size).
+INPUT is an image file or a folder of them (PNG, JPEG, TIFF, BMP; grey, RGB or RGBA; any size). A pixel is polyp
+when its probability exceeds the threshold the model was saved with (0.5 for checkpoints that chose none).
 A run never replaces an input, never writes into a folder given as INPUT (its masks would mix with the images and
 be read as images by the next run), and replaces the NAME_mask.png / NAME_overlay.png already in OUTPUT only
 with --overwrite.
