@@ -2,8 +2,13 @@
 
     python scripts/predict.py polyp.jpg                      # writes outputs/predictions/polyp_{mask,overlay}.png
     python scripts/predict.py folder/ more.png --output results --no-tta   # one forward pass per image
+    python scripts/predict.py polyp.jpg --onnx models/unet_kvasirseg.onnx   # the model of scripts/export.py
 
-INPUT is an image file or a folder of them (PNG, JPEG, TIFF, BMP; grey, RGB or RGBA; any size).
+INPUT is an image file or a folder of them (PNG, JPEG, TIFF, BMP; grey, RGB or RGBA; any size). A pixel is polyp
+when its probability exceeds the threshold the model was saved with (0.5 for checkpoints that chose none).
+A run never replaces an input, never writes into a folder given as INPUT (its masks would mix with the images and
+be read as images by the next run), and replaces the NAME_mask.png / NAME_overlay.png already in OUTPUT only
+with --overwrite.
 Every UPPER_CASE constant below can be edited here or given as a flag (BATCH_SIZE -> --batch-size).
 """
 
@@ -18,26 +23,30 @@ from common.config import parse_settings, script_constants
 from common.device import describe_device
 from common.errors import UserError, run_main
 from dataset.images import read_rgb, write_png
-from dataset.kvasir import list_images
+from dataset.kvasir import IMAGE_SUFFIXES
 from utils import inference  # as a module: its THRESHOLD is not a setting of this script
 from utils.visualization import overlay_mask
 
 CHECKPOINT = "models/unet_kvasirseg.pth"  # the model to predict with
+ONNX = ""  # predict with this ONNX model of scripts/export.py instead (on the CPU with ONNX Runtime)
 OUTPUT = "outputs/predictions"  # NAME_mask.png (0 or 255) and NAME_overlay.png for each input NAME.ext
 BATCH_SIZE = 8  # images per forward pass
 TTA = True  # average the probabilities of the image and its horizontal and vertical flips, as evaluate.py
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 on GPUs without bf16); ignored on the CPU
+OVERWRITE = False  # replace the NAME_mask.png and NAME_overlay.png already in OUTPUT (an input is never replaced)
+
+OUTPUT_KINDS = ("mask", "overlay")  # each input NAME.ext gives OUTPUT/NAME_mask.png and OUTPUT/NAME_overlay.png
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
     """The image files named, and those directly inside the folders named; refuses missing paths, empty folders
-    and two inputs that would write the same output names."""
+    and two inputs that would write the same output names (also x.jpg and x.png in one folder)."""
     paths = []
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            found = list(list_images(path).values())
+            found = folder_images(path)
             if not found:
                 raise UserError(f"{path} holds no images (PNG, JPEG, TIFF or BMP).")
             paths += found
@@ -53,20 +62,59 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     return list(by_stem.values())
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """Every image file (by suffix) directly inside `folder`, two with one stem included, so that collect_inputs
+    refuses them by name rather than predicting one of them."""
+    return sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def output_paths(path: Path, output_dir: Path) -> dict[str, Path]:
+    """The files written for the input `path`, by kind (OUTPUT_KINDS)."""
+    return {kind: output_dir / f"{path.stem}_{kind}.png" for kind in OUTPUT_KINDS}
+
+
+def check_outputs(inputs: list[str], paths: list[Path], output_dir: Path, overwrite: bool) -> None:
+    """Refuse, before any prediction, an OUTPUT that is an input folder, an output file that is an input, and
+    (without `overwrite`) output files that already exist, so a run never destroys a file it did not write."""
+    for name in inputs:
+        if Path(name).is_dir() and Path(name).resolve() == output_dir.resolve():
+            raise UserError(
+                f"--output {output_dir} is the input folder {name}: the masks would mix with the images and be read"
+                " as images by the next run; give another --output."
+            )
+    input_files = {path.resolve() for path in paths}
+    targets = [target for path in paths for target in output_paths(path, output_dir).values()]
+    for target in targets:
+        if target.resolve() in input_files:
+            raise UserError(f"{target} is an input of this run; predicting would overwrite it. Give another --output.")
+    existing = [target.name for target in targets if target.exists()]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise UserError(
+            f"{output_dir} already holds {existing[0]}{more}; give --overwrite to replace them, or another --output."
+        )
+
+
 def main() -> None:
     inputs_flag = (("inputs",), dict(nargs="+", metavar="INPUT", help="image files and/or folders of images"))
-    config = parse_settings(script_constants(globals()), __file__, extra_flags=[inputs_flag]).values
+    settings = parse_settings(script_constants(globals()), __file__, extra_flags=[inputs_flag])
+    config = settings.values
+    if {"CHECKPOINT", "ONNX"} <= settings.given:
+        raise UserError("give --checkpoint or --onnx, not both.")
     paths = collect_inputs(config["inputs"])
-    predictor = inference.predictor_from_settings(config["CHECKPOINT"], config)
     output_dir = Path(config["OUTPUT"])
-    print(f"predicting {len(paths)} image(s) on {describe_device(predictor.device)} into {output_dir}")
+    check_outputs(config["inputs"], paths, output_dir, config["OVERWRITE"])
+    predictor = inference.predictor_from_settings(config["CHECKPOINT"], config, onnx_model=config["ONNX"])
+    runtime = f"ONNX Runtime on the CPU ({config['ONNX']})" if config["ONNX"] else describe_device(predictor.device)
+    print(f"predicting {len(paths)} image(s) on {runtime} into {output_dir}")
     with tqdm(total=len(paths), desc="predicting", unit="img", disable=len(paths) == 1) as bar:
         for start in range(0, len(paths), config["BATCH_SIZE"]):
             chunk = paths[start : start + config["BATCH_SIZE"]]
             images = [read_rgb(path) for path in chunk]
             for path, image, mask in zip(chunk, images, predictor.masks(images), strict=True):
-                write_png(output_dir / f"{path.stem}_mask.png", mask.astype("uint8") * 255)
-                write_png(output_dir / f"{path.stem}_overlay.png", overlay_mask(image, mask))
+                outputs = output_paths(path, output_dir)
+                write_png(outputs["mask"], mask.astype("uint8") * 255)
+                write_png(outputs["overlay"], overlay_mask(image, mask))
             bar.update(len(chunk))
     print(f"wrote {len(paths)} mask(s) and overlay(s) to {output_dir}")
 

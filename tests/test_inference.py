@@ -1,13 +1,17 @@
 """utils/inference.py: training-identical preprocessing, predictions back at each image's size, flip TTA."""
 
+import sys
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from common.errors import UserError
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
-from model import UNet
-from utils.inference import Predictor, prepare_image
+from model import UNet, load_checkpoint
+from tests.checkpoints import save_untrained_checkpoint
+from utils.inference import THRESHOLD, OnnxPredictor, Predictor, predictor_from_settings, prepare_image
 from utils.visualization import overlay_mask
 
 PREPROCESSING = {"image_size": 32, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
@@ -54,6 +58,38 @@ def test_tta_averages_the_probabilities_of_the_image_and_its_flips():
     # identity p, horizontal flip 1 - p (the ramp reversed), vertical flip p (rows are all equal): mean (1 + p) / 3
     torch.testing.assert_close(averaged, (1 + plain) / 3)
     assert not torch.allclose(averaged, plain)
+
+
+@pytest.mark.parametrize(("chosen", "given", "used"), [(None, None, THRESHOLD), (0.7, None, 0.7), (0.7, 0.3, 0.3)])
+def test_masks_use_the_checkpoint_threshold_unless_another_is_given(tmp_path, chosen, given, used):
+    checkpoint = load_checkpoint(save_untrained_checkpoint(tmp_path / "model.pth", tmp_path / "data"))
+    if chosen is not None:
+        checkpoint["preprocessing"]["threshold"] = chosen
+    assert Predictor.from_checkpoint(checkpoint, device="cpu").threshold == (THRESHOLD if chosen is None else chosen)
+    # the notebook builds a Predictor from the checkpoint's preprocessing directly: it follows the threshold too
+    predictor = Predictor(ColumnRamp(), checkpoint["preprocessing"], threshold=given)
+    image = random_image(32, 64)
+    probabilities, mask = predictor.probabilities([image])[0].numpy(), predictor.masks([image])[0]
+    assert predictor.threshold == used and np.array_equal(mask, probabilities > used)
+    assert np.array_equal(mask, probabilities > THRESHOLD) == (used == THRESHOLD)  # the ramp tells them apart
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 1.5, -0.1, float("nan"), "0.5", True])
+def test_a_threshold_that_is_not_a_probability_is_refused(threshold):
+    with pytest.raises(UserError, match="strictly between 0 and 1"):
+        Predictor(ColumnRamp(), {**PREPROCESSING, "threshold": threshold})
+
+
+def test_onnx_inference_without_onnxruntime_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    with pytest.raises(UserError, match=r"^onnxruntime is not installed; .*`pip install -r requirements-export.txt`"):
+        OnnxPredictor.from_file("model.onnx")
+
+
+def test_an_onnx_model_is_refused_on_a_gpu():
+    settings = {"BATCH_SIZE": 8, "DEVICE": "cuda", "MIXED_PRECISION": True, "TTA": True}
+    with pytest.raises(UserError, match="runs on the CPU with ONNX Runtime; drop --device cuda"):
+        predictor_from_settings("model.pth", settings, onnx_model="model.onnx")
 
 
 @pytest.mark.parametrize(("height", "width"), [(37, 53), (120, 90)])

@@ -1,4 +1,7 @@
-"""scripts/predict.py: masks and overlays at each input's own size, for grey, RGBA and RGB inputs."""
+"""scripts/predict.py: masks and overlays at each input's own size, for grey, RGBA and RGB inputs; a run never
+replaces an input or a file it did not write."""
+
+import sys
 
 import cv2
 import numpy as np
@@ -64,3 +67,55 @@ def test_bad_inputs_are_refused_with_a_clear_message(tmp_path, layout, message):
     inputs = [str(tmp_path / relative) for relative in layout]
     with pytest.raises(UserError, match=message):
         load_script("predict").collect_inputs(inputs)
+
+
+def test_a_folder_with_two_images_of_one_name_is_refused_naming_both(tmp_path):
+    for name in ("x.jpg", "x.png", "y.png"):
+        write_image(tmp_path / name, 3, 8, 8)
+    with pytest.raises(UserError, match=r"x\.jpg and .*x\.png would both write x_mask\.png"):
+        load_script("predict").collect_inputs([str(tmp_path)])
+
+
+def run_predict_main(monkeypatch, *arguments) -> None:
+    """predict.py's main() in this process, as `python scripts/predict.py ARGUMENTS...`."""
+    monkeypatch.setattr(sys, "argv", ["predict.py", *map(str, arguments)])
+    load_script("predict").main()
+
+
+def test_output_into_an_input_folder_is_refused_and_leaves_the_users_files(tmp_path, monkeypatch):
+    # the reported case: case1_mask.png is the user's own mask beside case1.png, and --output is that folder
+    write_image(tmp_path / "case1.png", 3, 8, 8)
+    write_image(tmp_path / "case1_mask.png", 1, 8, 8)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    with pytest.raises(UserError, match="is the input folder"):
+        run_predict_main(monkeypatch, tmp_path, "--output", tmp_path, "--checkpoint", tmp_path / "absent.pth")
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_output_that_is_an_input_file_is_refused_even_with_overwrite(tmp_path, overwrite):
+    for name in ("case1.png", "case1_mask.png"):
+        write_image(tmp_path / name, 3, 8, 8)
+    predict = load_script("predict")
+    inputs = [str(tmp_path / "case1.png"), str(tmp_path / "case1_mask.png")]
+    with pytest.raises(UserError, match="case1_mask.png is an input of this run"):
+        predict.check_outputs(inputs, predict.collect_inputs(inputs), tmp_path, overwrite)
+
+
+def test_existing_outputs_are_replaced_only_with_overwrite(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "out").mkdir()
+    write_image(tmp_path / "images" / "case1.png", 3, 8, 8)
+    write_image(tmp_path / "out" / "case1_overlay.png", 3, 8, 8)
+    predict = load_script("predict")
+    inputs = [str(tmp_path / "images")]
+    paths = predict.collect_inputs(inputs)
+    with pytest.raises(UserError, match="already holds case1_overlay.png; give --overwrite"):
+        predict.check_outputs(inputs, paths, tmp_path / "out", overwrite=False)
+    predict.check_outputs(inputs, paths, tmp_path / "out", overwrite=True)
+    predict.check_outputs(inputs, paths, tmp_path / "new", overwrite=False)
+
+
+def test_a_checkpoint_and_an_onnx_model_together_are_refused(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="give --checkpoint or --onnx, not both"):
+        run_predict_main(monkeypatch, tmp_path, "--checkpoint", tmp_path / "m.pth", "--onnx", tmp_path / "m.onnx")

@@ -1,9 +1,13 @@
 """Inference on RGB images of any size: resize to the checkpoint's training size, normalise, predict (optionally
 averaging flips), and resize the probabilities back to each image's own size. Shared by scripts/evaluate.py,
-scripts/predict.py and notebooks/explore_predictions.ipynb."""
+scripts/predict.py and notebooks/explore_predictions.ipynb; the same path runs a PyTorch model (`Predictor`) or an
+ONNX model from scripts/export.py under ONNX Runtime (`OnnxPredictor`)."""
 
+import importlib
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,19 +18,25 @@ from common.device import autocast, autocast_dtype, configure_fast_path, resolve
 from common.errors import UserError
 from model.checkpoint import describe_bad_preprocessing, load_checkpoint, model_from_checkpoint
 
-THRESHOLD = 0.5  # a pixel is polyp when its probability exceeds this
+THRESHOLD = 0.5  # a pixel is polyp when its probability exceeds this, unless the checkpoint chose another threshold
 TTA_FLIPS = ((), (3,), (2,))  # identity, horizontal flip, vertical flip (dims of an [N, C, H, W] batch)
+EXPORT_INSTALL = "pip install -r requirements-export.txt"  # installs onnx, onnxscript and onnxruntime
+
+
+def normalise(image: np.ndarray, preprocessing: dict) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> float32 [3, H, W], (x / 255 - mean) / std as in training, at the image's own size."""
+    scaled = image.astype(np.float32) / 255
+    normalised = (scaled - np.float32(preprocessing["mean"])) / np.float32(preprocessing["std"])
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))
 
 
 def prepare_image(image: np.ndarray, preprocessing: dict) -> np.ndarray:
     """uint8 RGB [H, W, 3] -> float32 [3, S, S] at the training size S, normalised as in training.
 
-    Resized with area interpolation like the training data (dataset/images.py), then (x / 255 - mean) / std.
+    Resized with area interpolation like the training data (dataset/images.py), then `normalise`d.
     """
     size = preprocessing["image_size"]
-    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
-    normalised = (resized - np.float32(preprocessing["mean"])) / np.float32(preprocessing["std"])
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1))
+    return normalise(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), preprocessing)
 
 
 def resize_probabilities(probabilities: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -35,31 +45,24 @@ def resize_probabilities(probabilities: torch.Tensor, height: int, width: int) -
     return resized[0, 0]
 
 
-@dataclass
-class Predictor:
-    """A segmentation model with its preprocessing: RGB images of any size in, probability maps of that size out."""
+class ImagePredictor:
+    """The pre- and post-processing shared by the PyTorch and the ONNX Runtime predictors: RGB images of any size
+    in, probability maps and masks of that size out. Subclasses set `preprocessing`, `tta`, `threshold`, `device`
+    and `memory_format`, and implement `logits`."""
 
-    model: torch.nn.Module
-    preprocessing: dict
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    amp_dtype: torch.dtype | None = None
-    tta: bool = False
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """The model's logits [N, 1, H, W] of a prepared batch."""
+        raise NotImplementedError
 
-    def __post_init__(self):
-        self.memory_format = configure_fast_path(self.device)
-        self.model = self.model.to(self.device, memory_format=self.memory_format).eval()
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint, device="auto", mixed_precision: bool = True, tta: bool = False):
-        """Build from a checkpoint dict or path; `device` is auto | cpu | cuda | cuda:N, bf16/fp16 autocast on CUDA."""
-        source = "the checkpoint" if isinstance(checkpoint, dict) else checkpoint
-        checkpoint = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-        problem = describe_bad_preprocessing(checkpoint.get("preprocessing"))
-        if problem:
-            raise UserError(f"{source} has unusable preprocessing settings ({problem}); retrain with train.py.")
-        device = resolve_device(device) if isinstance(device, str) else device
-        amp_dtype = autocast_dtype(device) if mixed_precision else None
-        return cls(model_from_checkpoint(checkpoint, source), checkpoint["preprocessing"], device, amp_dtype, tta)
+    def resolve_threshold(self) -> None:
+        """Take the threshold from the preprocessing when none was given (THRESHOLD for checkpoints that chose
+        none), and refuse one that is not a probability strictly between 0 and 1."""
+        if self.threshold is None:
+            self.threshold = self.preprocessing.get("threshold", THRESHOLD)
+        threshold = self.threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < 1:
+            raise UserError(f"the threshold is {threshold!r}; it must be a probability strictly between 0 and 1.")
+        self.threshold = float(threshold)
 
     def prepare(self, images: list[np.ndarray]) -> torch.Tensor:
         """A normalised batch [N, 3, S, S] on the predictor's device."""
@@ -68,13 +71,11 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        """Probabilities [N, 1, S, S] (float32) of a prepared batch; with TTA, the mean over TTA_FLIPS."""
+        """Probabilities [N, 1, H, W] (float32) of a prepared batch; with TTA, the mean over TTA_FLIPS."""
         flips = TTA_FLIPS if self.tta else TTA_FLIPS[:1]
         total = torch.zeros((), device=batch.device)
         for dims in flips:
-            with autocast(self.device, self.amp_dtype):
-                logits = self.model(batch.flip(dims) if dims else batch)
-            probabilities = torch.sigmoid(logits.float())
+            probabilities = torch.sigmoid(self.logits(batch.flip(dims) if dims else batch).float())
             total = total + (probabilities.flip(dims) if dims else probabilities)
         return total / len(flips)
 
@@ -87,19 +88,121 @@ class Predictor:
         ]
 
     def masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Boolean masks [H, W] (probability > THRESHOLD), each at its image's own size."""
-        return [(probabilities > THRESHOLD).numpy() for probabilities in self.probabilities(images)]
+        """Boolean masks [H, W] (probability > the predictor's threshold), each at its image's own size."""
+        return [(probabilities > self.threshold).numpy() for probabilities in self.probabilities(images)]
 
 
-def predictor_from_settings(checkpoint, settings: dict) -> Predictor:
+@dataclass
+class Predictor(ImagePredictor):
+    """A PyTorch segmentation model with its preprocessing: RGB images of any size in, probability maps of that
+    size out. `threshold` defaults to the preprocessing's own (THRESHOLD when it has none)."""
+
+    model: torch.nn.Module
+    preprocessing: dict
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp_dtype: torch.dtype | None = None
+    tta: bool = False
+    threshold: float | None = None
+
+    def __post_init__(self):
+        self.resolve_threshold()
+        self.memory_format = configure_fast_path(self.device)
+        self.model = self.model.to(self.device, memory_format=self.memory_format).eval()
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint, device="auto", mixed_precision: bool = True, tta: bool = False):
+        """Build from a checkpoint dict or path; `device` is auto | cpu | cuda | cuda:N, bf16/fp16 autocast on CUDA.
+        The threshold is the checkpoint's `preprocessing["threshold"]` (THRESHOLD when it has none)."""
+        source = "the checkpoint" if isinstance(checkpoint, dict) else checkpoint
+        checkpoint = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        problem = describe_bad_preprocessing(checkpoint.get("preprocessing"))
+        if problem:
+            raise UserError(f"{source} has unusable preprocessing settings ({problem}); retrain with train.py.")
+        device = resolve_device(device) if isinstance(device, str) else device
+        amp_dtype = autocast_dtype(device) if mixed_precision else None
+        return cls(model_from_checkpoint(checkpoint, source), checkpoint["preprocessing"], device, amp_dtype, tta)
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """The model's logits, under autocast when the predictor has a mixed-precision type."""
+        with autocast(self.device, self.amp_dtype):
+            return self.model(batch)
+
+
+@dataclass
+class OnnxPredictor(ImagePredictor):
+    """An ONNX model written by scripts/export.py, run by ONNX Runtime on the CPU, with Predictor's pre- and
+    post-processing; `from_file` takes the preprocessing and threshold from the model's metadata."""
+
+    session: object  # an onnxruntime.InferenceSession (onnxruntime is optional: imported by from_file)
+    preprocessing: dict
+    tta: bool = False
+    threshold: float | None = None
+    device: torch.device = field(default=torch.device("cpu"), init=False)
+    memory_format: torch.memory_format = field(default=torch.contiguous_format, init=False)
+
+    def __post_init__(self):
+        self.resolve_threshold()
+        self.input_name = self.session.get_inputs()[0].name
+
+    @classmethod
+    def from_file(cls, path, tta: bool = False, threads: int = 0):
+        """Open an exported model on ONNX Runtime's CPU provider (`threads` 0: its default, one per core)."""
+        onnxruntime = import_export_package("onnxruntime")
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"ONNX model {path} not found; write one with `python scripts/export.py`.")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        try:
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types for unreadable models
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(f"{path} is not an ONNX model that ONNX Runtime can run ({reason}).") from None
+        preprocessing = onnx_metadata(session, path).get("preprocessing")
+        problem = describe_bad_preprocessing(preprocessing)
+        if problem:
+            raise UserError(f"{path} has unusable preprocessing metadata ({problem}); re-export it.")
+        return cls(session, preprocessing, tta)
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """The ONNX model's logits of a prepared (CPU, float32) batch."""
+        (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(batch.numpy())})
+        return torch.from_numpy(logits)
+
+
+def onnx_metadata(session, path) -> dict:
+    """The JSON values of an exported model's metadata_props, refusing a model that scripts/export.py did not write."""
+    metadata = session.get_modelmeta().custom_metadata_map
+    try:
+        return {key: json.loads(metadata[key]) for key in ("preprocessing", "model_config")}
+    except (KeyError, json.JSONDecodeError):
+        raise UserError(
+            f"{path} has no preprocessing and model_config metadata; export it with scripts/export.py."
+        ) from None
+
+
+def import_export_package(name: str):
+    """Import one of the optional packages of requirements-export.txt, or refuse saying in one line how to get it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UserError(f"{name} is not installed; ONNX export and inference need `{EXPORT_INSTALL}`.") from None
+
+
+def predictor_from_settings(checkpoint, settings: dict, onnx_model: str = "") -> ImagePredictor:
     """The Predictor of scripts/evaluate.py and scripts/predict.py, from their shared settings DEVICE,
-    MIXED_PRECISION and TTA, after checking their BATCH_SIZE; `checkpoint` is a checkpoint dict or path."""
+    MIXED_PRECISION and TTA, after checking their BATCH_SIZE; `checkpoint` is a checkpoint dict or path.
+    With `onnx_model` (a path), an OnnxPredictor of that file instead, which runs on the CPU."""
     if settings["BATCH_SIZE"] < 1:
         raise UserError("BATCH_SIZE must be at least 1.")
+    if onnx_model:
+        if settings["DEVICE"] not in ("auto", "cpu"):
+            raise UserError(f"an ONNX model runs on the CPU with ONNX Runtime; drop --device {settings['DEVICE']}.")
+        return OnnxPredictor.from_file(onnx_model, settings["TTA"])
     return Predictor.from_checkpoint(checkpoint, settings["DEVICE"], settings["MIXED_PRECISION"], settings["TTA"])
 
 
-def measure_speed(predictor: Predictor, batch: torch.Tensor, warmup: int = 2, min_seconds: float = 1.0) -> dict:
+def measure_speed(predictor: ImagePredictor, batch: torch.Tensor, warmup: int = 2, min_seconds: float = 1.0) -> dict:
     """Throughput of the model alone on a prepared batch (TTA included when on): no file reading, resizing or
     scoring. Runs `warmup` untimed batches, then times at least 3 batches and `min_seconds`, CUDA synchronised."""
     for _ in range(warmup):

@@ -1,0 +1,190 @@
+"""Export a trained U-Net to ONNX for deployment, kept only when ONNX Runtime reproduces PyTorch's probabilities.
+
+    python scripts/export.py                    # models/unet_kvasirseg.pth -> models/unet_kvasirseg.onnx
+    python scripts/export.py --checkpoint run/best.pth --output run/best.onnx --json run/export_check.json
+
+The ONNX model maps a normalised float32 batch `image` [N, 3, H, W] to `logits` [N, 1, H, W], with N, H and W
+dynamic (H and W of at least 2**depth pixels); a pixel is polyp where sigmoid(logit) > threshold. Its metadata_props
+hold the JSON of `preprocessing` (image_size, mean, std, threshold) and `model_config`, which
+`scripts/predict.py --onnx` reads to resize, normalise and threshold as with the checkpoint.
+The check feeds synthetic polyp images to PyTorch and to ONNX Runtime on the CPU, at the training size and at each of
+CHECK_SIZES, and writes OUTPUT (replacing an earlier export) only when their probabilities differ by at most
+TOLERANCE; otherwise it exits with status 2 and writes no file. It then times both at the training size.
+Needs the optional packages: pip install -r requirements-export.txt
+Every UPPER_CASE constant below can be edited here or given as a flag (CHECK_SIZES -> --check-sizes).
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, model/, utils/ from anywhere
+
+import cv2
+import numpy as np
+import torch
+from torch.export import Dim
+
+from common.config import parse_settings, script_constants
+from common.device import describe_device
+from common.errors import UserError, run_main
+from common.files import atomic_path, write_text_atomic
+from dataset.synthetic import make_sample
+from model import load_checkpoint
+from utils import inference
+
+CHECKPOINT = "models/unet_kvasirseg.pth"  # the trained model to export
+OUTPUT = "models/unet_kvasirseg.onnx"  # the ONNX file, written only when the check passes
+OPSET = 18  # ONNX opset of the exported graph (18, the oldest torch's exporter writes, runs on the most runtimes)
+TOLERANCE = 1e-4  # the largest difference of probabilities (0..1) between ONNX Runtime and PyTorch that passes
+CHECK_SIZES = ["320x288"]  # WIDTHxHEIGHT sizes checked besides the training size (dynamic, non-square height/width)
+CHECK_BATCH = 2  # images per checked size (a batch above 1 checks the dynamic batch axis too)
+SPEED_BATCH = 8  # images per batch when timing PyTorch and ONNX Runtime (same thread count) at the training size
+JSON = ""  # when set, also write the check's results (differences, speeds, versions) as JSON to this path
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'WIDTHxHEIGHT' -> (height, width)."""
+    match = re.fullmatch(r"(\d+)x(\d+)", text.strip())
+    if not match:
+        raise UserError(f"check size {text!r} is not WIDTHxHEIGHT (e.g. 320x288).")
+    return int(match[2]), int(match[1])
+
+
+def sizes_to_check(config: dict, image_size: int, depth: int) -> list[tuple[int, int]]:
+    """The (height, width) sizes to check, the training size first, after refusing settings that cannot work."""
+    if Path(config["OUTPUT"]).resolve() == Path(config["CHECKPOINT"]).resolve():
+        raise UserError("OUTPUT is the checkpoint itself; give the ONNX file another path.")
+    if config["OPSET"] < 18:
+        raise UserError(f"OPSET {config['OPSET']} is too old: torch's ONNX exporter writes opset 18 and later.")
+    if not config["TOLERANCE"] >= 0:
+        raise UserError("TOLERANCE must be a difference of probabilities of 0 or more.")
+    if min(config["CHECK_BATCH"], config["SPEED_BATCH"]) < 1:
+        raise UserError("CHECK_BATCH and SPEED_BATCH must be at least 1.")
+    sizes = [(image_size, image_size), *map(parse_size, config["CHECK_SIZES"])]
+    smallest = 2**depth
+    for height, width in sizes:
+        if min(height, width) < smallest:
+            raise UserError(f"check size {width}x{height} is below {smallest} px, a depth-{depth} U-Net's least.")
+    return sizes
+
+
+def synthetic_batch(preprocessing: dict, height: int, width: int, count: int, rng: np.random.Generator) -> torch.Tensor:
+    """`count` synthetic polyp images (dataset/synthetic.py) of this size, normalised as in training: [N, 3, H, W]."""
+    images = [cv2.cvtColor(make_sample(rng, width, height)[0], cv2.COLOR_BGR2RGB) for _ in range(count)]
+    return torch.from_numpy(np.stack([inference.normalise(image, preprocessing) for image in images]))
+
+
+def export_onnx(model: torch.nn.Module, preprocessing: dict, path: Path, opset: int) -> None:
+    """Write `model` to `path` as one ONNX file with dynamic batch, height and width, and its preprocessing and
+    model_config as JSON metadata_props (what predict.py --onnx and other runtimes need to feed it)."""
+    side, smallest = preprocessing["image_size"], 2 ** model.config["depth"]
+    batch, height, width = Dim("batch"), Dim("height", min=smallest), Dim("width", min=smallest)
+    example = torch.zeros(2, 3, side, side)  # a batch of 2: torch.export would fix a batch axis of 1
+    try:
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, opset_version=opset, dynamic_shapes=({0: batch, 2: height, 3: width},),
+            input_names=["image"], output_names=["logits"], verbose=False,
+        )  # fmt: skip
+    except Exception as error:  # the exporter raises many types, e.g. for an opset it cannot write
+        reason = (str(error) or type(error).__name__).splitlines()[0]
+        raise UserError(f"torch.onnx.export failed at opset {opset}: {reason}") from None
+    written = program.model.opset_imports.get("")
+    if written != opset:  # the exporter falls back to its own opset when it cannot convert to the one asked for
+        raise UserError(f"torch's exporter cannot write opset {opset} (it wrote {written}); give --opset {written}.")
+    metadata = {"preprocessing": preprocessing, "model_config": model.config}
+    program.model.metadata_props.update({key: json.dumps(value) for key, value in metadata.items()})
+    program.save(path, external_data=False)
+
+
+def compare_probabilities(expected: inference.ImagePredictor, found: inference.ImagePredictor, batch) -> dict:
+    """The largest difference between two predictors' probabilities on a prepared batch, and the mask pixels
+    (at the threshold of `expected`) on which they disagree."""
+    wanted, got = expected.predict_batch(batch), found.predict_batch(batch)
+    masks_differ = (wanted > expected.threshold) != (got > expected.threshold)
+    batch_size, _, height, width = batch.shape
+    return {
+        "batch": batch_size,
+        "width": width,
+        "height": height,
+        "max_abs_difference": (got - wanted).abs().max().item(),
+        "mask_pixels_differing": int(masks_differ.sum()),
+    }
+
+
+def compare_speed(pytorch: inference.ImagePredictor, onnxruntime: inference.ImagePredictor, batch) -> dict:
+    """Images/s of both predictors on the same prepared batch (model alone, warm-up then timed)."""
+    return {
+        "batch_size": len(batch),
+        "image_size": batch.shape[-1],
+        "device": describe_device(torch.device("cpu")),
+        "pytorch": inference.measure_speed(pytorch, batch),
+        "onnxruntime": inference.measure_speed(onnxruntime, batch),
+    }
+
+
+def format_check(check: dict) -> str:
+    """One line of the check: size, largest difference of probabilities and mask pixels that differ."""
+    return (
+        f"  {check['batch']} x {check['width']}x{check['height']}: max |probability difference|"
+        f" {check['max_abs_difference']:.2e}, {check['mask_pixels_differing']} mask pixel(s) differ"
+    )
+
+
+def format_speed(speed: dict) -> str:
+    """The speed comparison as one line."""
+    pytorch, onnxruntime = speed["pytorch"]["images_per_second"], speed["onnxruntime"]["images_per_second"]
+    return (
+        f"speed at {speed['image_size']} px, batches of {speed['batch_size']}, {speed['device']}: PyTorch"
+        f" {pytorch:.2f} images/s, ONNX Runtime {onnxruntime:.2f} images/s ({onnxruntime / pytorch:.2f}x)"
+    )
+
+
+def check_export(pytorch: inference.Predictor, onnxruntime: inference.OnnxPredictor, sizes, config: dict) -> dict:
+    """Compare the two predictors' probabilities on synthetic polyp images of each size (printing each result),
+    and, when all are within TOLERANCE, their speed at the training size."""
+    rng = np.random.default_rng(0)
+    preprocessing = pytorch.preprocessing
+    report = {"tolerance": config["TOLERANCE"], "threshold": pytorch.threshold, "checks": []}
+    for height, width in sizes:
+        batch = synthetic_batch(preprocessing, height, width, config["CHECK_BATCH"], rng)
+        report["checks"].append(compare_probabilities(pytorch, onnxruntime, batch))
+        print(format_check(report["checks"][-1]))
+    report["max_abs_difference"] = max(check["max_abs_difference"] for check in report["checks"])
+    report["passed"] = report["max_abs_difference"] <= config["TOLERANCE"]
+    if report["passed"]:
+        speed_batch = synthetic_batch(preprocessing, *sizes[0], config["SPEED_BATCH"], rng)
+        report["speed"] = compare_speed(pytorch, onnxruntime, speed_batch)
+    return report
+
+
+def main() -> None:
+    config = parse_settings(script_constants(globals()), __file__).values
+    packages = {name: inference.import_export_package(name) for name in ("onnx", "onnxscript", "onnxruntime")}
+    checkpoint = load_checkpoint(config["CHECKPOINT"])
+    pytorch = inference.Predictor.from_checkpoint(checkpoint, device="cpu", mixed_precision=False)
+    pytorch.preprocessing = {**pytorch.preprocessing, "threshold": pytorch.threshold}  # the ONNX file carries it
+    sizes = sizes_to_check(config, pytorch.preprocessing["image_size"], pytorch.model.config["depth"])
+    output = Path(config["OUTPUT"])
+    with atomic_path(output) as temporary:
+        export_onnx(pytorch.model, pytorch.preprocessing, temporary, config["OPSET"])
+        onnxruntime = inference.OnnxPredictor.from_file(temporary, threads=torch.get_num_threads())
+        print(f"exported {config['CHECKPOINT']} at opset {config['OPSET']}; ONNX Runtime against PyTorch on the CPU:")
+        report = {"checkpoint": config["CHECKPOINT"], "output": config["OUTPUT"], "opset": config["OPSET"]}
+        report |= check_export(pytorch, onnxruntime, sizes, config)
+        report["versions"] = {"torch": torch.__version__} | {name: p.__version__ for name, p in packages.items()}
+        if config["JSON"]:
+            write_text_atomic(config["JSON"], json.dumps(report, indent=2) + "\n")
+        if not report["passed"]:
+            raise UserError(
+                f"ONNX Runtime's probabilities differ from PyTorch's by up to {report['max_abs_difference']:.2e},"
+                f" more than TOLERANCE {config['TOLERANCE']:g}; {output} was not written."
+            )
+    print(format_speed(report["speed"]))
+    print(f"check passed: max difference {report['max_abs_difference']:.2e} <= TOLERANCE {config['TOLERANCE']:g}")
+    print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB): dynamic batch, height and width")
+
+
+if __name__ == "__main__":
+    run_main(main)
