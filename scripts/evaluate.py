@@ -196,7 +196,7 @@ def main() -> None:
         "epoch": checkpoint.get("epoch"),
         "image_size": predictor.preprocessing["image_size"],
         "tta": config["TTA"],
-        "threshold": inference.THRESHOLD,
+        "threshold": predictor.threshold,
         "device": describe_device(predictor.device),
         "datasets": datasets,
         "summary": summarize(rows),
