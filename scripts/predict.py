@@ -30,7 +30,7 @@ from utils.visualization import overlay_mask
 CHECKPOINT = "models/unet_kvasirseg.pth"  # the model to predict with
 ONNX = ""  # predict with this ONNX model of scripts/export.py instead (on the CPU with ONNX Runtime)
 OUTPUT = "outputs/predictions"  # NAME_mask.png (0 or 255) and NAME_overlay.png for each input NAME.ext
-BATCH_SIZE = 8  # images per forward pass
+BATCH_SIZE = 0  # images per forward pass; 0: 64 on a GPU, 8 on the CPU
 TTA = True  # average the probabilities of the image and its horizontal and vertical flips, as evaluate.py
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 on GPUs without bf16); ignored on the CPU
@@ -105,11 +105,12 @@ def main() -> None:
     output_dir = Path(config["OUTPUT"])
     check_outputs(config["inputs"], paths, output_dir, config["OVERWRITE"])
     predictor = inference.predictor_from_settings(config["CHECKPOINT"], config, onnx_model=config["ONNX"])
+    batch_size = inference.inference_batch_size(config["BATCH_SIZE"], predictor.device)
     runtime = f"ONNX Runtime on the CPU ({config['ONNX']})" if config["ONNX"] else describe_device(predictor.device)
     print(f"predicting {len(paths)} image(s) on {runtime} into {output_dir}")
     with tqdm(total=len(paths), desc="predicting", unit="img", disable=len(paths) == 1) as bar:
-        for start in range(0, len(paths), config["BATCH_SIZE"]):
-            chunk = paths[start : start + config["BATCH_SIZE"]]
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
             images = [read_rgb(path) for path in chunk]
             for path, image, mask in zip(chunk, images, predictor.masks(images), strict=True):
                 outputs = output_paths(path, output_dir)

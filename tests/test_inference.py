@@ -11,7 +11,14 @@ from common.errors import UserError
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from model import UNet, load_checkpoint
 from tests.checkpoints import save_untrained_checkpoint
-from utils.inference import THRESHOLD, OnnxPredictor, Predictor, predictor_from_settings, prepare_image
+from utils.inference import (
+    THRESHOLD,
+    OnnxPredictor,
+    Predictor,
+    inference_batch_size,
+    predictor_from_settings,
+    prepare_image,
+)
 from utils.visualization import overlay_mask
 
 PREPROCESSING = {"image_size": 32, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
@@ -101,3 +108,8 @@ def test_overlay_marks_the_mask_and_leaves_the_rest(height, width):
     assert overlay.shape == image.shape and overlay.dtype == np.uint8
     assert np.array_equal(overlay[~mask], image[~mask])
     assert np.all(np.any(overlay[mask] != image[mask], axis=1))
+
+
+@pytest.mark.parametrize(("requested", "device", "expected"), [(0, "cuda", 64), (0, "cpu", 8), (5, "cuda", 5)])
+def test_batch_size_zero_picks_one_for_the_device(requested, device, expected):
+    assert inference_batch_size(requested, torch.device(device)) == expected

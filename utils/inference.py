@@ -193,13 +193,22 @@ def predictor_from_settings(checkpoint, settings: dict, onnx_model: str = "") ->
     """The Predictor of scripts/evaluate.py and scripts/predict.py, from their shared settings DEVICE,
     MIXED_PRECISION and TTA, after checking their BATCH_SIZE; `checkpoint` is a checkpoint dict or path.
     With `onnx_model` (a path), an OnnxPredictor of that file instead, which runs on the CPU."""
-    if settings["BATCH_SIZE"] < 1:
-        raise UserError("BATCH_SIZE must be at least 1.")
+    if settings["BATCH_SIZE"] < 0:
+        raise UserError("BATCH_SIZE must be at least 1, or 0 to pick it for the device.")
     if onnx_model:
         if settings["DEVICE"] not in ("auto", "cpu"):
             raise UserError(f"an ONNX model runs on the CPU with ONNX Runtime; drop --device {settings['DEVICE']}.")
         return OnnxPredictor.from_file(onnx_model, settings["TTA"])
     return Predictor.from_checkpoint(checkpoint, settings["DEVICE"], settings["MIXED_PRECISION"], settings["TTA"])
+
+
+GPU_BATCH_SIZE, CPU_BATCH_SIZE = 64, 8  # images per forward pass when BATCH_SIZE is 0
+
+
+def inference_batch_size(requested: int, device: torch.device) -> int:
+    """`requested`, or for 0 a batch that keeps the device busy: 64 on a GPU (a U-Net at 256 px uses a few GB),
+    8 on the CPU (where memory, not parallelism, is the limit)."""
+    return requested or (GPU_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE)
 
 
 def measure_speed(predictor: ImagePredictor, batch: torch.Tensor, warmup: int = 2, min_seconds: float = 1.0) -> dict:
