@@ -16,6 +16,7 @@ scripts/train.py's resumable state (`last.pth`) is such a checkpoint plus the op
 """
 
 import math
+import pickle
 from pathlib import Path
 
 import torch
@@ -67,6 +68,11 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise UserError(f"checkpoint {path} not found; train one with `python scripts/train.py` or pass its path.")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused an object that could run code when unpickled
+        raise UserError(
+            f"{path} holds Python objects besides tensors and plain values; this repository never loads those, as"
+            " unpickling them can run code. Use a checkpoint written by scripts/train.py."
+        ) from None
     except Exception as error:  # the unpickler raises many types for files that are not checkpoints
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"{path} is not a readable checkpoint of this repository ({reason}).") from None

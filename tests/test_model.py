@@ -1,6 +1,7 @@
 """U-Net shapes for many input sizes, and checkpoints that rebuild the model or fail clearly."""
 
 import argparse
+import re
 import textwrap
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from common.errors import UserError
 from model import UNet, load_checkpoint, load_model, save_checkpoint
+from utils.inference import Predictor
 
 
 @pytest.mark.parametrize("size", [(32, 32), (37, 53), (64, 48), (17, 16)])
@@ -70,8 +72,30 @@ def test_checkpoint_of_another_architecture_says_which(tmp_path, change, message
 
 def test_checkpoints_load_without_unpickling_objects(tmp_path):
     torch.save({"model_state": {}, "model_config": {}, "extra": argparse.Namespace()}, tmp_path / "pickled.pth")
-    with pytest.raises(UserError, match="not a readable checkpoint"):
+    with pytest.raises(UserError, match="holds Python objects besides tensors") as error:
         load_checkpoint(tmp_path / "pickled.pth")
+    assert "weights_only" not in str(error.value) and "trust" not in str(error.value)  # no advice to run its code
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model_config": {"in_channels": 3, "out_channels": 1, "base_channels": 4, "depth": 2, "extra": 1}},
+         "malformed model_config (keys"),
+        ({"model_config": {"in_channels": 3, "out_channels": 1, "base_channels": "4", "depth": 2}},
+         "malformed model_config (base_channels is '4', not a positive whole number)"),
+        ({"preprocessing": {"image_size": 0, "mean": [0.5] * 3, "std": [0.25] * 3}}, "(image_size is 0)"),
+        ({"preprocessing": {"image_size": 32, "mean": [0.5] * 3, "std": [0.25, 0, 0.25]}}, "(std holds a 0)"),
+    ],
+)  # fmt: skip
+def test_malformed_checkpoints_are_refused_naming_the_file(tmp_path, change, message):
+    model = UNet(3, 1, base_channels=4, depth=2)
+    checkpoint = {"model_state": model.state_dict(), "model_config": model.config}
+    checkpoint["preprocessing"] = {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+    torch.save({**checkpoint, **change}, tmp_path / "bad.pth")
+    with pytest.raises(UserError, match=re.escape(message)) as error:
+        Predictor.from_checkpoint(tmp_path / "bad.pth", device="cpu")
+    assert str(tmp_path / "bad.pth") in str(error.value)
 
 
 def test_a_full_disk_while_saving_keeps_the_old_checkpoint_and_says_so(tmp_path, full_disk):
