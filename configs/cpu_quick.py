@@ -1,5 +1,7 @@
 """The quick run for a laptop CPU: the default recipe, small (128 x 128 images, base width 16) and short
-(5 epochs), to see the whole pipeline work in minutes rather than hours:
+(5 epochs), to see the whole pipeline work in minutes rather than days. On a 2-core CPU it took 108.5 s from a
+fresh checkout with the zip present (extraction and caching included) and reached validation Dice 0.5771
+(2026-11-27, README "On a laptop CPU"):
 
     python scripts/train.py configs/cpu_quick.py
 """
