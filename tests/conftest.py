@@ -76,21 +76,12 @@ class TestHandler(http.server.SimpleHTTPRequestHandler):
         elif self.path == "/server-error":
             self.send_error(500)
         elif self.path == "/html-page.zip":
-            body = b"<!DOCTYPE html><html><body>Please log in</body></html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self._send_body(b"<!DOCTYPE html><html><body>Please log in</body></html>", "Content-Type", "text/html")
         elif self.path == "/stalls":
             self._send_slowly(b"PK" + bytes(1022), b"", pause=3)
         elif self.path.startswith("/gzip/"):
             body = gzip.compress((Path(self.directory) / self.path.removeprefix("/gzip/")).read_bytes())
-            self.send_response(200)
-            self.send_header("Content-Encoding", "gzip")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self._send_body(body, "Content-Encoding", "gzip")
         elif self.path == "/cut-zip":
             self.send_response(200)
             self.end_headers()
@@ -106,6 +97,14 @@ class TestHandler(http.server.SimpleHTTPRequestHandler):
             self._send_slowly(bytes(128 * 1024), bytes(896 * 1024), pause=seconds)
         else:
             super().do_GET()
+
+    def _send_body(self, body: bytes, header: str, value: str) -> None:
+        """HTTP 200 with `body`, its length and one more header."""
+        self.send_response(200)
+        self.send_header(header, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _send_slowly(self, first: bytes, rest: bytes, pause: float) -> None:
         """Announce 1 MiB, send `first`, wait `pause` seconds, then send `rest` (for a stall, nothing) and close;
