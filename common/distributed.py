@@ -90,13 +90,14 @@ def mean_over_processes(tensor: torch.Tensor, processes: Processes) -> torch.Ten
     return total / processes.world_size
 
 
-def any_process(flag: bool, processes: Processes, device: torch.device) -> bool:
-    """True when `flag` is true in any process: how all processes agree to stop at the same step."""
+def max_over_processes(value: int, processes: Processes, device: torch.device) -> int:
+    """The largest of the processes' `value`s (e.g. the number of a signal one of them received, 0 for none): how
+    all processes agree to stop at the same step, for the same reason."""
     if not processes.distributed:
-        return flag
-    value = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+        return value
+    tensor = torch.tensor([value], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
 
 
 def stop_processes(processes: Processes) -> None:

@@ -35,6 +35,16 @@ class StopRequest:
         print(f"\n{self.signal_name} received: saving after this step to resume later{again}")
 
     @property
+    def number(self) -> int:
+        """The number of the signal received, 0 for none."""
+        return signal.Signals[self.signal_name].value if self.signal_name else 0
+
+    def adopt(self, number: int) -> None:
+        """Stop as if signal `number` had come here too (another process of the run received it); 0 changes nothing."""
+        if number and self.signal_name is None:
+            self.signal_name = signal.Signals(number).name
+
+    @property
     def requested(self) -> bool:
         return self.signal_name is not None
 

@@ -32,9 +32,9 @@ from common.config import Settings, flag_name, parse_settings, script_constants
 from common.device import autocast, autocast_dtype, configure_fast_path, describe_device, resolve_device
 from common.distributed import (
     Processes,
-    any_process,
     barrier,
     main_process_first,
+    max_over_processes,
     mean_over_processes,
     process_device,
     start_processes,
@@ -604,6 +604,19 @@ def run_files_held(run: Run, resuming: bool):
         yield
 
 
+def stop_now(stop: StopRequest, run: Run, step: int | None = None) -> bool:
+    """Whether to stop after `step` (None: at an epoch's end) for a Ctrl-C/SIGTERM: at once for one process; under
+    torchrun at an epoch's end and every STOP_CHECK_STEPS steps, where all processes ask together, so that all
+    stop after the same step, each then holding the signal one of them received."""
+    if not run.processes.distributed:
+        return stop.requested
+    if step is not None and step % STOP_CHECK_STEPS:
+        return False
+    agreed = max_over_processes(stop.number, run.processes, run.device)  # a signal arriving later waits for the next
+    stop.adopt(agreed)
+    return agreed != 0
+
+
 def train(run: Run, training: Training, data: TrainingData, progress: Progress, stop: StopRequest, writer) -> int:
     """The epoch loop, from `progress` to the last epoch or until a stop is requested; the images trained on."""
     config, device, steps, epochs = run.config, run.device, data.steps_per_epoch, run.config["EPOCHS"]
@@ -656,10 +669,9 @@ def train(run: Run, training: Training, data: TrainingData, progress: Progress, 
                 estimate.step_done((epochs - progress.epoch + 1) * steps - progress.step, write=tqdm.write)
             if training.ema:
                 training.ema.update_parameters(training.model)
-            if stop.requested or run.processes.distributed and step % STOP_CHECK_STEPS == 0:
-                stopping = any_process(stop.requested, run.processes, device)  # every process stops at one step
-                if stopping:
-                    break
+            stopping = stop_now(stop, run, step)
+            if stopping:
+                break
         progress.step_losses = mean_over_processes(progress.step_losses, run.processes)
         check_finite(progress, run.checkpoint_path)  # waits for the device to finish the epoch's steps
         seconds["train"] = time.perf_counter() - epoch_start - seconds["save"]
@@ -670,7 +682,7 @@ def train(run: Run, training: Training, data: TrainingData, progress: Progress, 
             end_epoch(run, training, data, progress, loss_fn, writer, seconds)
         barrier(run.processes)  # the other processes wait for validation
         progress.epoch, progress.step = progress.epoch + 1, 0
-        stopping = any_process(stop.requested, run.processes, device)
+        stopping = stop_now(stop, run)
     return images_trained
 
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -44,24 +45,41 @@ def runs(tmp_path_factory):
     make_kvasir_folder(data, count=24)
     run(data, tmp_path / "one", 1, *FLAGS)
     run(data, tmp_path / "two", 2, *FLAGS)
-    log = open(tmp_path / "stopped.log", "w+")  # noqa: SIM115
-    process = subprocess.Popen(
-        command(data, tmp_path / "stopped", 2, *FLAGS), stdout=log, stderr=subprocess.STDOUT, env=ENVIRONMENT,
-        start_new_session=True,
-    )  # fmt: skip
-    while "epoch   2" not in (tmp_path / "stopped.log").read_text().replace("\r", "\n"):
-        assert process.poll() is None, (tmp_path / "stopped.log").read_text()[-3000:]
-        time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C reaches torchrun and both processes
-    process.wait(timeout=120)
-    stopped_output = (tmp_path / "stopped.log").read_text()
+    stopped_output = stop_after_epoch_2(data, tmp_path / "stopped", lambda pid: os.killpg(pid, signal.SIGINT))
     resumed = run(data, tmp_path / "stopped", 2, "--resume")
-    return tmp_path, stopped_output, resumed
+    one_signalled = stop_after_epoch_2(
+        data, tmp_path / "one-signalled", lambda pid: os.kill(workers(pid)[-1], signal.SIGTERM)
+    )
+    run(data, tmp_path / "one-signalled", 2, "--resume")
+    return tmp_path, stopped_output, resumed, one_signalled
+
+
+def stop_after_epoch_2(data, folder, send) -> str:
+    """Start a 2-process run in its own session, call `send(torchrun's pid)` once epoch 2 is logged, and return
+    everything it printed."""
+    log_path = folder.with_suffix(".log")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command(data, folder, 2, *FLAGS), stdout=log, stderr=subprocess.STDOUT, env=ENVIRONMENT,
+            start_new_session=True,
+        )  # fmt: skip
+        while "epoch   2" not in log_path.read_text().replace("\r", "\n"):
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(0.1)
+        send(process.pid)
+        process.wait(timeout=120)
+    return log_path.read_text()
+
+
+def workers(launcher_pid: int) -> list[int]:
+    """The pids of the training processes torchrun started."""
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    return sorted(map(int, children))
 
 
 @pytest.mark.slow
 def test_two_processes_give_the_history_of_one_within_the_tolerance(runs):
-    tmp_path, _, _ = runs
+    tmp_path, _, _, _ = runs
     one, two = (read_history(tmp_path / name / "history.csv") for name in ("one", "two"))
     assert [row["learning_rate"] for row in one] == [row["learning_rate"] for row in two]
     for column in ("train_loss", "val_loss"):
@@ -73,8 +91,15 @@ def test_two_processes_give_the_history_of_one_within_the_tolerance(runs):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_every_process_once_and_the_run_resumes_exactly(runs):
-    tmp_path, stopped_output, resumed = runs
+    tmp_path, stopped_output, resumed, _ = runs
     assert stopped_output.count("saved the state at epoch") == 1  # only the main process writes
     assert "again to stop at once" not in stopped_output  # torchrun passes the signal on a second time
     assert "resuming" in resumed.stdout
     assert read_history(tmp_path / "stopped" / "history.csv") == read_history(tmp_path / "two" / "history.csv")
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_both_at_the_same_step(runs):
+    tmp_path, _, _, one_signalled = runs  # SIGTERM to one training process only: the others must not hang
+    assert one_signalled.count("saved the state at epoch") == 1
+    assert read_history(tmp_path / "one-signalled" / "history.csv") == read_history(tmp_path / "two" / "history.csv")

@@ -173,3 +173,13 @@ def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(interrupted_
         reference = torch.load(tmp_path / "reference" / name, weights_only=True)[weights]
         assert resumed.keys() == reference.keys()
         assert all(torch.equal(resumed[key], reference[key]) for key in reference)
+
+
+def test_a_stop_taken_from_another_process_exits_with_its_signal():
+    with StopRequest() as stop:
+        stop.adopt(0)
+        assert not stop.requested
+        stop.adopt(signal.SIGTERM)  # under torchrun: another process received SIGTERM
+        assert stop.requested and stop.exit_status == 143
+        stop.adopt(signal.SIGINT)  # the first reason stays
+        assert stop.exit_status == 143
