@@ -68,10 +68,14 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise UserError(f"checkpoint {path} not found; train one with `python scripts/train.py` or pass its path.")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refused an object that could run code when unpickled
+    except pickle.UnpicklingError as error:  # torch's own advice here is to load it unsafely: never repeated
+        if "Unsupported global" in str(error):  # weights_only refused an object that could run code when unpickled
+            raise UserError(
+                f"{path} holds Python objects besides tensors and plain values; this repository never loads those,"
+                " as unpickling them can run code. Use a checkpoint written by scripts/train.py."
+            ) from None
         raise UserError(
-            f"{path} holds Python objects besides tensors and plain values; this repository never loads those, as"
-            " unpickling them can run code. Use a checkpoint written by scripts/train.py."
+            f"{path} is not a readable checkpoint of this repository (not a PyTorch file, or damaged)."
         ) from None
     except Exception as error:  # the unpickler raises many types for files that are not checkpoints
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -11,6 +11,7 @@ Every UPPER_CASE constant below can be edited here, set in a recipe file (config
 """
 
 import contextlib
+import copy
 import functools
 import json
 import math
@@ -58,6 +59,7 @@ from utils.training import (
     SCHEDULES,
     TimeEstimate,
     compile_model,
+    format_duration,
     learning_rate_factor,
     make_optimizer,
     multi_scale_size,
@@ -686,15 +688,34 @@ def train(run: Run, training: Training, data: TrainingData, progress: Progress, 
     return images_trained
 
 
+def full_recipe_on_a_cpu(run: Run) -> bool:
+    """True for a GPU-sized run (the default image size and width, or larger) on a CPU: days of training."""
+    config = run.config
+    return run.device.type == "cpu" and config["IMAGE_SIZE"] ** 2 * config["BASE_CHANNELS"] >= 256**2 * 64
+
+
+def probed_seconds(training: Training, steps: int, config: dict) -> float:
+    """The run's training time on this CPU from one forward and backward pass of two random images through a copy
+    of the network (the real weights, statistics and random state stay untouched)."""
+    probe = copy.deepcopy(training.network).train()
+    size = config["IMAGE_SIZE"]
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    outputs = probe(images)
+    started = time.perf_counter()
+    outputs = probe(images)
+    (outputs[0] if isinstance(outputs, tuple) else outputs).mean().backward()
+    return (time.perf_counter() - started) / 2 * config["BATCH_SIZE"] * steps
+
+
 def main() -> int:
     started = time.perf_counter()
     config, resumed = read_settings()
     check_settings(config)
     run = start_run(config)
-    if run.device.type == "cpu" and config["IMAGE_SIZE"] ** 2 * config["BASE_CHANNELS"] >= 256**2 * 64:
+    if full_recipe_on_a_cpu(run):
         print(
             f"note: this is the full GPU-sized recipe ({config['IMAGE_SIZE']} px, base width {config['BASE_CHANNELS']},"
-            f" {config['EPOCHS']} epochs) on a CPU, where it takes days; the estimate follows after the first steps."
+            f" {config['EPOCHS']} epochs) on a CPU, where it takes days (an estimate follows once the data is ready)."
             " For a run of minutes: python scripts/train.py configs/cpu_quick.py"
         )
     with run_files_held(run, resuming=resumed is not None):
@@ -702,8 +723,11 @@ def main() -> int:
         progress = restore_training_state(resumed, training, run.device) if resumed else None
         data = prepare_data(run, *((progress.epoch, progress.step) if progress else (1, 0)))
         progress = progress or Progress(1, 0, step_losses=torch.zeros(data.steps_per_epoch, device=run.device))
-        parameters = sum(p.numel() for p in training.model.parameters())
-        print(f"training {parameters / 1e6:.2f} M parameters for {data.steps_per_epoch * config['EPOCHS']} steps")
+        parameters, steps = sum(p.numel() for p in training.model.parameters()), data.steps_per_epoch * config["EPOCHS"]
+        print(f"training {parameters / 1e6:.2f} M parameters for {steps} steps")
+        if full_recipe_on_a_cpu(run):
+            estimate = format_duration(probed_seconds(training, steps, config))
+            print(f"estimated time on this CPU: {estimate} (from one step of two images)")
 
         with (
             StopRequest(escalate=not run.processes.distributed) as stop,  # torchrun passes a second signal on
