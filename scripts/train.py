@@ -715,8 +715,8 @@ def main() -> int:
     if full_recipe_on_a_cpu(run):
         print(
             f"note: this is the full GPU-sized recipe ({config['IMAGE_SIZE']} px, base width {config['BASE_CHANNELS']},"
-            f" {config['EPOCHS']} epochs) on a CPU, where it takes days (an estimate follows once the data is ready)."
-            " For a run of minutes: python scripts/train.py configs/cpu_quick.py"
+            f" {config['EPOCHS']} epochs) on a CPU, where it takes a day or more (an estimate follows once the data is"
+            " ready). For a run of minutes: python scripts/train.py configs/cpu_quick.py"
         )
     with run_files_held(run, resuming=resumed is not None):
         training = prepare_training(run)

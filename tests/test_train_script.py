@@ -13,7 +13,7 @@ from dataset.splits import make_split
 from dataset.synthetic import make_kvasir_folder
 from model import build_unet
 from tests.scripts import REPO, run_script
-from tests.train_runs import TINY, error_line, read_history, train, train_in_process
+from tests.train_runs import TINY, error_line, read_history, train, train_in_process, train_script
 from utils.validation import THRESHOLDS
 
 
@@ -261,3 +261,14 @@ def test_the_full_recipe_on_a_cpu_is_announced_with_the_quick_alternative(tmp_pa
     assert status == 2  # stopped by the download; the note came first, before any data or training
     assert "note: this is the full GPU-sized recipe (256 px, base width 64, 100 epochs) on a CPU" in stdout
     assert "python scripts/train.py configs/cpu_quick.py" in stdout
+
+
+def test_the_time_probe_leaves_the_weights_statistics_and_random_state_alone():
+    torch.manual_seed(0)
+    model = build_unet(4, 2)
+    training = train_script.Training(model, model, None, None, None)
+    before, random_state = {k: v.clone() for k, v in model.state_dict().items()}, torch.get_rng_state()
+    seconds = train_script.probed_seconds(training, steps=10, config={"IMAGE_SIZE": 32, "BATCH_SIZE": 4})
+    assert seconds > 0
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), random_state) and all(p.grad is None for p in model.parameters())
