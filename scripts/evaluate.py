@@ -85,7 +85,7 @@ def scoring_targets(config: dict, record: DataRecord) -> list[Target]:
     trained_on = {source.name: source for source in record.datasets}
     targets = []
     for source in sources:
-        if trained_on.get(source.name) == source or (source.is_kvasir and source.name in trained_on):
+        if trained_on.get(source.name) == source:  # Kvasir-SEG is always Source('kvasir'), a folder its paths
             pairs = held_out_pairs(record, source, config["SPLIT"], config["DATA_DIR"])
             kind = describe_part(source, record, config["SPLIT"])
         else:
