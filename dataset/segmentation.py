@@ -2,6 +2,7 @@
 and lets a run resume at any step."""
 
 import os
+import random
 import signal
 
 import numpy as np
@@ -50,7 +51,9 @@ class PolypDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self.resized_pair(index)
         if seed is not None:
-            self.transform.set_random_seed(seed)
+            # One pair of generators shared by every transform, drawn from in turn: Compose.set_random_seed would
+            # start each transform's own generator from the same seed, so all of them would fire together.
+            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         sample = self.transform(image=np.asarray(image), mask=np.asarray(mask))
         image = torch.from_numpy(np.ascontiguousarray(sample["image"].transpose(2, 0, 1), dtype=np.float32))
         mask = torch.from_numpy(np.array(sample["mask"], dtype=np.float32)[None])

@@ -128,9 +128,7 @@ def time_training(model, batches, steps_per_epoch: int, config: dict, device, am
     TIMED_EPOCHS whole epochs, after one untimed epoch (worker start-up, cuDNN autotuning, compilation)."""
     model.train()
     optimizer = (
-        make_optimizer(model.parameters(), "adamw", 1e-4, 1e-4, device)
-        if fast
-        else torch.optim.Adam(model.parameters(), lr=1e-4)
+        make_optimizer(model, "adamw", 1e-4, 1e-4, device) if fast else torch.optim.Adam(model.parameters(), lr=1e-4)
     )
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     non_blocking = fast and device.type == "cuda"

@@ -43,6 +43,7 @@ IMAGES = ""  # with MASKS: score every image of this folder instead (a one-row D
 MASKS = ""  # masks with the same file name stems as the images in IMAGES
 BATCH_SIZE = 0  # images per forward pass (and of the speed measurement); 0: 64 on a GPU, 8 on the CPU
 TTA = True  # average the probabilities of the image and its flips (chosen on validation, see README "Results")
+TTA_VIEWS = 3  # with TTA: 3 (the image, its horizontal and vertical flips) or 8 (all flips and 90-degree turns)
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 on GPUs without bf16); ignored on the CPU
 CSV = "outputs/evaluation/per_image.csv"  # one row per image: dataset, id, width, height, metrics, pixel counts
@@ -122,6 +123,11 @@ def rounded(row: dict) -> dict:
     return {key: round(value, 6) if isinstance(value, float) else value for key, value in row.items()}
 
 
+def describe_tta(report: dict) -> str:
+    """'on (3 views)' or 'off'."""
+    return f"on ({report['tta_views']} views)" if report["tta"] else "off"
+
+
 def format_report(report: dict) -> str:
     """The report as plain text: for one dataset the per-image mean and std of each metric and the global scores;
     for several the cross-dataset table, one row per dataset."""
@@ -129,7 +135,7 @@ def format_report(report: dict) -> str:
     lines = [
         *(f"{dataset['name']}: {dataset['source']}" for dataset in report["datasets"]),
         f"checkpoint {report['checkpoint']} (epoch {report['epoch']}, trained at {report['image_size']} px),"
-        f" threshold {report['threshold']}, TTA {'on' if report['tta'] else 'off'}, scored at each mask's own size",
+        f" threshold {report['threshold']}, TTA {describe_tta(report)}, scored at each mask's own size",
         "",
         *(summary_table(report["summary"]) if len(report["datasets"]) == 1 else dataset_table(report["datasets"])),
         "",
@@ -197,6 +203,7 @@ def main() -> None:
         "epoch": checkpoint.get("epoch"),
         "image_size": predictor.preprocessing["image_size"],
         "tta": config["TTA"],
+        "tta_views": config["TTA_VIEWS"],
         "threshold": predictor.threshold,
         "device": describe_device(predictor.device),
         "datasets": datasets,

@@ -32,6 +32,7 @@ ONNX = ""  # predict with this ONNX model of scripts/export.py instead (on the C
 OUTPUT = "outputs/predictions"  # NAME_mask.png (0 or 255) and NAME_overlay.png for each input NAME.ext
 BATCH_SIZE = 0  # images per forward pass; 0: 64 on a GPU, 8 on the CPU
 TTA = True  # average the probabilities of the image and its horizontal and vertical flips, as evaluate.py
+TTA_VIEWS = 3  # with TTA: 3 (the image, its horizontal and vertical flips) or 8 (all flips and 90-degree turns)
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 on GPUs without bf16); ignored on the CPU
 OVERWRITE = False  # replace the NAME_mask.png and NAME_overlay.png already in OUTPUT (an input is never replaced)

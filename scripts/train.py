@@ -89,6 +89,7 @@ BATCH_SIZE = 16  # images per training step
 LEARNING_RATE = 1e-3  # peak learning rate
 OPTIMIZER = "adamw"  # AdamW decouples weight decay from the gradient step
 WEIGHT_DECAY = 1e-4  # L2 penalty on the weights (decoupled with adamw)
+DECAY_NORMS_AND_BIASES = True  # apply WEIGHT_DECAY to BatchNorm and bias parameters too (False: conv weights only)
 SCHEDULE = "cosine"  # learning rate after warm-up: constant, or cosine decay to zero (per step)
 WARMUP_EPOCHS = 3  # linear warm-up from 0 to LEARNING_RATE over this many epochs, at most a tenth of the run
 LOSS = "bce_dice"  # bce_dice: BCE_WEIGHT * BCE + DICE_WEIGHT * (1 - soft Dice); structure: PraNet's boundary-weighted
@@ -425,7 +426,12 @@ def prepare_training(run: Run) -> Training:
     if config["EMA_DECAY"]:  # a shadow copy; batch-norm statistics are averaged like the weights
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["EMA_DECAY"]), use_buffers=True)
     optimizer = make_optimizer(
-        network.parameters(), config["OPTIMIZER"], config["LEARNING_RATE"], config["WEIGHT_DECAY"], run.device
+        network,
+        config["OPTIMIZER"],
+        config["LEARNING_RATE"],
+        config["WEIGHT_DECAY"],
+        run.device,
+        config["DECAY_NORMS_AND_BIASES"],
     )
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
     return Training(model, network, ema, optimizer, scaler)

@@ -67,6 +67,49 @@ def test_tta_averages_the_probabilities_of_the_image_and_its_flips():
     assert not torch.allclose(averaged, plain)
 
 
+class FixedPattern(torch.nn.Module):
+    """The same asymmetric logits at every position of every input, whatever the input."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.pattern = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x):
+        return self.pattern.expand(x.shape[0], 1, *self.pattern.shape)
+
+
+class FirstChannel(torch.nn.Module):
+    """Logits that are the input's first channel: it turns and mirrors with its input."""
+
+    def forward(self, x):
+        return x[:, :1]
+
+
+def test_eight_view_tta_averages_every_flip_and_quarter_turn_turned_back():
+    """A fixed pattern p: the mean over the 8 symmetries g of g^-1(sigmoid(p)), the same as the mean over g of
+    g(sigmoid(p)) (the group is closed under inverses), computed here with numpy's own rot90 and fliplr."""
+    probabilities = torch.sigmoid(FixedPattern(6).pattern).numpy()
+    by_hand = np.mean(
+        [np.rot90(np.fliplr(probabilities) if m else probabilities, k) for k in range(4) for m in (0, 1)], 0
+    )
+    averaged = Predictor(FixedPattern(6), PREPROCESSING, tta=True, tta_views=8).predict_batch(torch.zeros(2, 3, 6, 6))
+    torch.testing.assert_close(averaged[:, 0], torch.from_numpy(by_hand.copy()).float().expand(2, 6, 6))
+
+
+@pytest.mark.parametrize("views", [3, 8])
+def test_tta_views_are_turned_back_before_averaging(views):
+    """A model that turns with its input gives the same probabilities with every view as without TTA."""
+    batch = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    plain = Predictor(FirstChannel(), PREPROCESSING).predict_batch(batch)
+    averaged = Predictor(FirstChannel(), PREPROCESSING, tta=True, tta_views=views).predict_batch(batch)
+    torch.testing.assert_close(averaged, plain)
+
+
+def test_an_unknown_number_of_tta_views_is_refused():
+    with pytest.raises(UserError, match=r"TTA_VIEWS is 4; it must be one of \[3, 8\]"):
+        Predictor(FirstChannel(), PREPROCESSING, tta=True, tta_views=4)
+
+
 @pytest.mark.parametrize(("chosen", "given", "used"), [(None, None, THRESHOLD), (0.7, None, 0.7), (0.7, 0.3, 0.3)])
 def test_masks_use_the_checkpoint_threshold_unless_another_is_given(tmp_path, chosen, given, used):
     checkpoint = load_checkpoint(save_untrained_checkpoint(tmp_path / "model.pth", tmp_path / "data"))

@@ -3,16 +3,36 @@
 import pytest
 import torch
 
+from model import UNet
 from utils.losses import bce_dice_loss
 from utils.training import (
     TimeEstimate,
     format_duration,
     learning_rate_factor,
+    make_optimizer,
     multi_scale_size,
     resize_batch,
     training_step,
 )
 from utils.validation import THRESHOLDS, choose_threshold
+
+
+@pytest.mark.parametrize("decay_norms_and_biases", [True, False])
+def test_weight_decay_leaves_norms_and_biases_alone_when_asked(decay_norms_and_biases):
+    """With zero gradients AdamW's step is the decay alone: w <- w * (1 - lr * decay). Convolution weights always
+    shrink; BatchNorm scales and shifts and biases shrink only when decay_norms_and_biases is on."""
+    model = UNet(3, 1, 4, 2)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(1.0)
+    optimizer = make_optimizer(model, "adamw", 0.1, 0.5, torch.device("cpu"), decay_norms_and_biases)
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    for name, parameter in model.named_parameters():
+        decayed = parameter.ndim > 1 or decay_norms_and_biases
+        assert torch.allclose(parameter, torch.full_like(parameter, 0.95 if decayed else 1.0)), name
+    assert any(parameter.ndim <= 1 for parameter in model.parameters())
 
 
 def test_schedule_warms_up_then_decays_to_zero():

@@ -1,7 +1,7 @@
 """Inference on RGB images of any size: resize to the checkpoint's training size, normalise, predict (optionally
-averaging flips), and resize the probabilities back to each image's own size. Shared by scripts/evaluate.py,
-scripts/predict.py and notebooks/explore_predictions.ipynb; the same path runs a PyTorch model (`Predictor`) or an
-ONNX model from scripts/export.py under ONNX Runtime (`OnnxPredictor`)."""
+averaging flipped and turned views), and resize the probabilities back to each image's own size. Shared by
+scripts/evaluate.py, scripts/predict.py and notebooks/explore_predictions.ipynb; the same path runs a PyTorch model
+(`Predictor`) or an ONNX model from scripts/export.py under ONNX Runtime (`OnnxPredictor`)."""
 
 import importlib
 import json
@@ -19,7 +19,13 @@ from common.errors import UserError
 from model.checkpoint import describe_bad_preprocessing, load_checkpoint, model_from_checkpoint
 
 THRESHOLD = 0.5  # a pixel is polyp when its probability exceeds this, unless the checkpoint chose another threshold
-TTA_FLIPS = ((), (3,), (2,))  # identity, horizontal flip, vertical flip (dims of an [N, C, H, W] batch)
+# Test-time augmentation views, each (quarter turns, mirrored first) of an [N, C, H, W] batch: 3 views are the image
+# and its horizontal and vertical flips (a vertical flip is a mirror turned by half a turn); 8 are all the flips and
+# 90-degree rotations of a square (the dihedral group).
+TTA_VIEWS = {
+    3: ((0, False), (0, True), (2, True)),
+    8: tuple((turns, mirrored) for turns in range(4) for mirrored in (False, True)),
+}
 EXPORT_INSTALL = "pip install -r requirements-export.txt"  # installs onnx, onnxscript and onnxruntime
 
 
@@ -45,14 +51,32 @@ def resize_probabilities(probabilities: torch.Tensor, height: int, width: int) -
     return resized[0, 0]
 
 
+def view(batch: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """`batch` mirrored left-right (when `mirrored`), then turned by `turns` quarter turns."""
+    mirrored_batch = batch.flip(3) if mirrored else batch
+    return torch.rot90(mirrored_batch, turns, dims=(2, 3)) if turns else mirrored_batch
+
+
+def unview(batch: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """The inverse of `view`: turned back, then mirrored back."""
+    turned = torch.rot90(batch, -turns, dims=(2, 3)) if turns else batch
+    return turned.flip(3) if mirrored else turned
+
+
 class ImagePredictor:
     """The pre- and post-processing shared by the PyTorch and the ONNX Runtime predictors: RGB images of any size
-    in, probability maps and masks of that size out. Subclasses set `preprocessing`, `tta`, `threshold`, `device`
-    and `memory_format`, and implement `logits`."""
+    in, probability maps and masks of that size out. Subclasses set `preprocessing`, `tta`, `tta_views`, `threshold`,
+    `device` and `memory_format`, and implement `logits`."""
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """The model's logits [N, 1, H, W] of a prepared batch."""
         raise NotImplementedError
+
+    def check_settings(self) -> None:
+        """Resolve the threshold and refuse a number of TTA views that TTA_VIEWS does not have."""
+        if self.tta_views not in TTA_VIEWS:
+            raise UserError(f"TTA_VIEWS is {self.tta_views!r}; it must be one of {sorted(TTA_VIEWS)}.")
+        self.resolve_threshold()
 
     def resolve_threshold(self) -> None:
         """Take the threshold from the preprocessing when none was given (THRESHOLD for checkpoints that chose
@@ -71,13 +95,14 @@ class ImagePredictor:
 
     @torch.inference_mode()
     def predict_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        """Probabilities [N, 1, H, W] (float32) of a prepared batch; with TTA, the mean over TTA_FLIPS."""
-        flips = TTA_FLIPS if self.tta else TTA_FLIPS[:1]
+        """Probabilities [N, 1, H, W] (float32) of a prepared batch; with TTA, the mean over the `tta_views`
+        views of TTA_VIEWS, each turned back before averaging."""
+        views = TTA_VIEWS[self.tta_views] if self.tta else TTA_VIEWS[3][:1]
         total = torch.zeros((), device=batch.device)
-        for dims in flips:
-            probabilities = torch.sigmoid(self.logits(batch.flip(dims) if dims else batch).float())
-            total = total + (probabilities.flip(dims) if dims else probabilities)
-        return total / len(flips)
+        for turns, mirrored in views:
+            probabilities = torch.sigmoid(self.logits(view(batch, turns, mirrored)).float())
+            total = total + unview(probabilities, turns, mirrored)
+        return total / len(views)
 
     def probabilities(self, images: list[np.ndarray]) -> list[torch.Tensor]:
         """Probability maps [H, W] on the CPU, each at its image's own size."""
@@ -103,14 +128,17 @@ class Predictor(ImagePredictor):
     amp_dtype: torch.dtype | None = None
     tta: bool = False
     threshold: float | None = None
+    tta_views: int = 3
 
     def __post_init__(self):
-        self.resolve_threshold()
+        self.check_settings()
         self.memory_format = configure_fast_path(self.device)
         self.model = self.model.to(self.device, memory_format=self.memory_format).eval()
 
     @classmethod
-    def from_checkpoint(cls, checkpoint, device="auto", mixed_precision: bool = True, tta: bool = False):
+    def from_checkpoint(
+        cls, checkpoint, device="auto", mixed_precision: bool = True, tta: bool = False, tta_views: int = 3
+    ):
         """Build from a checkpoint dict or path; `device` is auto | cpu | cuda | cuda:N, bf16/fp16 autocast on CUDA.
         The threshold is the checkpoint's `preprocessing["threshold"]` (THRESHOLD when it has none)."""
         source = "the checkpoint" if isinstance(checkpoint, dict) else checkpoint
@@ -120,7 +148,8 @@ class Predictor(ImagePredictor):
             raise UserError(f"{source} has unusable preprocessing settings ({problem}); retrain with train.py.")
         device = resolve_device(device) if isinstance(device, str) else device
         amp_dtype = autocast_dtype(device) if mixed_precision else None
-        return cls(model_from_checkpoint(checkpoint, source), checkpoint["preprocessing"], device, amp_dtype, tta)
+        model = model_from_checkpoint(checkpoint, source)
+        return cls(model, checkpoint["preprocessing"], device, amp_dtype, tta, tta_views=tta_views)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """The model's logits, under autocast when the predictor has a mixed-precision type."""
@@ -137,15 +166,16 @@ class OnnxPredictor(ImagePredictor):
     preprocessing: dict
     tta: bool = False
     threshold: float | None = None
+    tta_views: int = 3
     device: torch.device = field(default=torch.device("cpu"), init=False)
     memory_format: torch.memory_format = field(default=torch.contiguous_format, init=False)
 
     def __post_init__(self):
-        self.resolve_threshold()
+        self.check_settings()
         self.input_name = self.session.get_inputs()[0].name
 
     @classmethod
-    def from_file(cls, path, tta: bool = False, threads: int = 0):
+    def from_file(cls, path, tta: bool = False, threads: int = 0, tta_views: int = 3):
         """Open an exported model on ONNX Runtime's CPU provider (`threads` 0: its default, one per core)."""
         onnxruntime = import_export_package("onnxruntime")
         path = Path(path)
@@ -162,7 +192,7 @@ class OnnxPredictor(ImagePredictor):
         problem = describe_bad_preprocessing(preprocessing)
         if problem:
             raise UserError(f"{path} has unusable preprocessing metadata ({problem}); re-export it.")
-        return cls(session, preprocessing, tta)
+        return cls(session, preprocessing, tta, tta_views=tta_views)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """The ONNX model's logits of a prepared (CPU, float32) batch."""
@@ -191,15 +221,17 @@ def import_export_package(name: str):
 
 def predictor_from_settings(checkpoint, settings: dict, onnx_model: str = "") -> ImagePredictor:
     """The Predictor of scripts/evaluate.py and scripts/predict.py, from their shared settings DEVICE,
-    MIXED_PRECISION and TTA, after checking their BATCH_SIZE; `checkpoint` is a checkpoint dict or path.
+    MIXED_PRECISION, TTA and TTA_VIEWS, after checking their BATCH_SIZE; `checkpoint` is a checkpoint dict or path.
     With `onnx_model` (a path), an OnnxPredictor of that file instead, which runs on the CPU."""
     if settings["BATCH_SIZE"] < 0:
         raise UserError("BATCH_SIZE must be at least 1, or 0 to pick it for the device.")
     if onnx_model:
         if settings["DEVICE"] not in ("auto", "cpu"):
             raise UserError(f"an ONNX model runs on the CPU with ONNX Runtime; drop --device {settings['DEVICE']}.")
-        return OnnxPredictor.from_file(onnx_model, settings["TTA"])
-    return Predictor.from_checkpoint(checkpoint, settings["DEVICE"], settings["MIXED_PRECISION"], settings["TTA"])
+        return OnnxPredictor.from_file(onnx_model, settings["TTA"], tta_views=settings["TTA_VIEWS"])
+    return Predictor.from_checkpoint(
+        checkpoint, settings["DEVICE"], settings["MIXED_PRECISION"], settings["TTA"], settings["TTA_VIEWS"]
+    )
 
 
 GPU_BATCH_SIZE, CPU_BATCH_SIZE = 64, 8  # images per forward pass when BATCH_SIZE is 0

@@ -16,10 +16,26 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # torch.c
 MULTI_SCALES = (0.75, 1.0, 1.25)  # PraNet's multi-scale training: each batch at one of these times IMAGE_SIZE
 
 
-def make_optimizer(parameters, name: str, learning_rate: float, weight_decay: float, device: torch.device):
-    """Adam or AdamW; on CUDA the fused version, one kernel per step instead of several per parameter."""
+def make_optimizer(
+    module: torch.nn.Module,
+    name: str,
+    learning_rate: float,
+    weight_decay: float,
+    device: torch.device,
+    decay_norms_and_biases: bool = True,
+):
+    """Adam or AdamW over `module`'s parameters; on CUDA the fused version, one kernel per step instead of several
+    per parameter. Without `decay_norms_and_biases`, weight decay applies to the convolution weights only: the
+    BatchNorm scales and shifts and the biases (every parameter of one dimension) form a group without decay."""
     optimizer_class = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-    return optimizer_class(parameters, lr=learning_rate, weight_decay=weight_decay, fused=device.type == "cuda")
+    parameters = list(module.parameters())
+    groups = [{"params": parameters}]
+    if not decay_norms_and_biases:
+        groups = [
+            {"params": [parameter for parameter in parameters if parameter.ndim > 1]},
+            {"params": [parameter for parameter in parameters if parameter.ndim <= 1], "weight_decay": 0.0},
+        ]
+    return optimizer_class(groups, lr=learning_rate, weight_decay=weight_decay, fused=device.type == "cuda")
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
