@@ -231,6 +231,19 @@ def test_script_commands_use_accepted_flags(page):
 
 
 @pytest.mark.parametrize("page", PAGES, ids=page_ids())
+def test_inline_flags_exist(page):
+    """A flag named on its own in the text (`--no-tta`, `--epochs N`) is a flag of one of the scripts."""
+    scripts = [path.stem for path in sorted((REPO / "scripts").glob("*.py"))]
+    every_flag = set().union(*(accepted_flags(script) for script in scripts))
+    problems = []
+    for snippet in snippets(page):
+        flag = re.match(r"--[a-z][\w-]*", snippet.text)
+        if not snippet.block and flag and flag.group(0) not in every_flag:
+            problems.append(f"{snippet.where()}: no script accepts {flag.group(0)} (in `{snippet.text}`)")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_ids())
 def test_named_paths_exist(page):
     source_files = {path.name for root in source_roots() for path in root.rglob("*.py")}
     problems = []
