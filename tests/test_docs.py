@@ -106,17 +106,15 @@ def accepted_flags(script: str) -> frozenset[str]:
 
 
 def extra_flags(path: Path) -> set[str]:
-    """The dashed names among the `extra_flags` given to parse_settings in the script's source (each a literal
-    (names, keywords) pair, or a name bound to one in the same function)."""
+    """The dashed names among the `extra_flags` given to parse_settings in the script's source: each a literal
+    (names, keywords) pair, or a name bound to one in the calling function or at the top of the script."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top_level = bindings(tree.body)
     flags = set()
-    for function in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for function in ast.walk(tree):
         if not isinstance(function, ast.FunctionDef):
             continue
-        assigned = {
-            node.targets[0].id: node.value
-            for node in ast.walk(function)
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-        }
+        assigned = top_level | bindings(ast.walk(function))
         for node in ast.walk(function):
             if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "parse_settings"):
                 continue
@@ -126,6 +124,15 @@ def extra_flags(path: Path) -> set[str]:
                         flag = assigned[element.id] if isinstance(element, ast.Name) else element
                         flags |= {name for name in ast.literal_eval(flag.elts[0]) if name.startswith("-")}
     return flags
+
+
+def bindings(nodes) -> dict[str, ast.expr]:
+    """NAME -> the expression assigned to it, for the plain `NAME = ...` statements among `nodes`."""
+    return {
+        node.targets[0].id: node.value
+        for node in nodes
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+    }
 
 
 def script_calls(snippet: Snippet):
