@@ -1,4 +1,5 @@
-"""The bottom layer: errors for the user, safe file writes, devices, command-line settings and signals.
+"""The bottom layer: errors for the user, safe file writes, run folders and their locks, devices, processes under
+torchrun, command-line settings and signals.
 
 Every other package may import `common`; `common` imports none of them.
 """

@@ -1,6 +1,7 @@
-"""Pick the compute device and the mixed-precision type that suits it."""
+"""Pick the compute device, its CPU threads and the mixed-precision type that suits it, and time work on it."""
 
 import os
+import time
 
 import torch
 
@@ -54,3 +55,30 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so that timings measure the work and not its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def use_threads(threads: int) -> None:
+    """Run PyTorch's CPU work on `threads` threads; 0 keeps PyTorch's default (one per core). One thread is often
+    far faster on a CPU that other processes keep busy."""
+    if threads < 0:
+        raise UserError("THREADS must be >= 0 (0 keeps PyTorch's default).")
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def synchronized_clock(device: torch.device) -> float:
+    """time.perf_counter() once the device has finished its queued work, so that timings measure the work."""
+    synchronize(device)
+    return time.perf_counter()
+
+
+def seconds_per_call(call, device: torch.device, warmup: int, calls: int = 3, min_seconds: float = 0.0) -> float:
+    """Wall-clock seconds per `call()`: after `warmup` untimed calls, over at least `calls` calls and `min_seconds`,
+    device synchronised."""
+    for _ in range(warmup):
+        call()
+    repeats, start = 0, synchronized_clock(device)
+    while repeats < calls or time.perf_counter() - start < min_seconds:
+        call()
+        repeats += 1
+    return (synchronized_clock(device) - start) / repeats

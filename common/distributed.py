@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from common.errors import UserError
 
@@ -64,6 +65,14 @@ def process_device(device: torch.device, processes: Processes) -> torch.device:
     return torch.device("cuda", processes.local_rank) if device.type == "cuda" and processes.distributed else device
 
 
+def data_parallel(module: torch.nn.Module, processes: Processes, device: torch.device) -> torch.nn.Module:
+    """Under torchrun the module in DistributedDataParallel (gradients averaged over the processes after every
+    backward pass, so all keep the same weights), else the module itself."""
+    if not processes.distributed:
+        return module
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 @contextlib.contextmanager
 def main_process_first(processes: Processes):
     """Run the block in the main process first, then in the others (downloading, extracting and caching the data
@@ -98,6 +107,20 @@ def max_over_processes(value: int, processes: Processes, device: torch.device) -
     tensor = torch.tensor([value], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return int(tensor.item())
+
+
+def agreed_stop(stop, processes: Processes, device: torch.device, step: int | None, every: int) -> bool:
+    """Whether to stop after global step `step` (None: at an epoch's end) for a Ctrl-C/SIGTERM in `stop` (a
+    common.signals.StopRequest): at once for one process; under torchrun at an epoch's end and every `every` steps,
+    where all processes ask together, so that all stop after the same step, each then holding the signal one of
+    them received."""
+    if not processes.distributed:
+        return stop.requested
+    if step is not None and step % every:
+        return False
+    agreed = max_over_processes(stop.number, processes, device)  # a signal arriving later waits for the next
+    stop.adopt(agreed)
+    return agreed != 0
 
 
 def stop_processes(processes: Processes) -> None:

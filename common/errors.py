@@ -14,6 +14,13 @@ class DatasetError(UserError):
     """The data on disk is incomplete or unreadable; the message names the files."""
 
 
+def first_few(names, shown: int = 5) -> str:
+    """The first `shown` names, with a count of the rest: "a, b, c and 4 more"."""
+    names = [str(name) for name in names]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def user_message(error: UserError) -> str:
     """The error's own message, also when a DataLoader worker re-raised it wrapped in its traceback text."""
     text = str(error)

@@ -6,6 +6,7 @@ import csv
 import errno
 import fcntl
 import io
+import json
 import os
 import secrets
 import shutil
@@ -102,6 +103,11 @@ def write_text_atomic(path, text: str) -> None:
     """Replace `path` with `text` in one step."""
     with atomic_path(path) as temporary:
         temporary.write_text(text)
+
+
+def write_json_atomic(path, value) -> None:
+    """Replace `path` with `value` as indented JSON (and a final newline) in one step."""
+    write_text_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 def write_csv_atomic(path, rows: list[dict]) -> None:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from common.errors import DatasetError
 from common.files import NO_SPACE_ERRNOS, NOT_WRITABLE_ERRNOS, remove_stale_folders, stale_folders, waiting_lock
-from common.termination import sigterm_cleans_up
+from common.signals import sigterm_cleans_up
 from dataset.images import load_pair
 
 CACHE_VERSION = 2  # bump when load_pair's reading or resizing changes (2: 0/1 and colour masks, EXIF orientation)

@@ -9,7 +9,7 @@ from tqdm import tqdm
 from urllib3.exceptions import NewConnectionError, ReadTimeoutError
 
 from common.errors import UserError
-from common.termination import sigterm_cleans_up
+from common.signals import sigterm_cleans_up
 
 CHUNK_BYTES = 64 * 1024  # small enough that the .part file and the progress bar move as the bytes arrive
 # a wrong address or a server that redirects in a loop: asking again gives the same answer

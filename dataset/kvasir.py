@@ -5,9 +5,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from common.errors import DatasetError, UserError
+from common.errors import DatasetError, UserError, first_few
 from common.files import NO_SPACE_ERRNOS, NOT_WRITABLE_ERRNOS, remove_stale_folders, stale_folders, waiting_lock
-from common.termination import sigterm_cleans_up
+from common.signals import sigterm_cleans_up
 from dataset.archive import is_cut_short_zip, require_zip, safe_extract_zip, unpacked_size
 from dataset.download import DownloadError, IncompleteDownload, download_file
 
@@ -186,17 +186,11 @@ def pair_images_and_masks(images_dir, masks_dir) -> list[tuple[str, Path, Path]]
     without_image = sorted(set(masks) - set(images))
     problems = []
     if without_mask:
-        problems.append(f"{len(without_mask)} image(s) in {images_dir} without a mask: {_some(without_mask)}")
+        problems.append(f"{len(without_mask)} image(s) in {images_dir} without a mask: {first_few(without_mask)}")
     if without_image:
-        problems.append(f"{len(without_image)} mask(s) in {masks_dir} without an image: {_some(without_image)}")
+        problems.append(f"{len(without_image)} mask(s) in {masks_dir} without an image: {first_few(without_image)}")
     if problems:
         raise DatasetError("; ".join(problems) + ". Every image needs a mask with the same file name stem.")
     if not images:
         raise DatasetError(f"no images found in {images_dir} (looked for {', '.join(IMAGE_SUFFIXES)}).")
     return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
-
-
-def _some(names: list[str], shown: int = 5) -> str:
-    """The first few names, with a count of the rest."""
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more

@@ -1,18 +1,31 @@
-"""The checkpoint format, in one place: a plain dict of tensors and Python values, built by `model_checkpoint`,
-saved atomically and loaded with weights_only=True (nothing in it needs unpickling of arbitrary objects).
+"""The checkpoint format, described here and nowhere else: a plain dict of tensors and Python values, built by
+`model_checkpoint`, saved atomically and loaded with weights_only=True (nothing in it needs unpickling of arbitrary
+objects), so `torch.load(path, weights_only=True)` reads it too.
+
+A model checkpoint (scripts/train.py's CHECKPOINT_PATH: the best epoch by validation Dice) holds the keys above
+`step`; it never holds the auxiliary heads of deep supervision, so the model stays a plain U-Net. With
+THRESHOLD_SEARCH, `preprocessing` also holds the chosen `threshold` (readers use 0.5 when it is absent) and
+`metrics` the validation Dice of each threshold tried (`val_dice_by_threshold`). scripts/train.py's resumable state
+(OUTPUT_DIR/last.pth, written by utils/training_state.py) holds the trained U-Net's own weights as `model_state`,
+the epoch the run stands in as `epoch` and the last finished epoch's row as `metrics` ({} before the first), and
+all the keys below:
 
 | key | content |
 | --- | --- |
-| `model_state` | the U-Net's state dict |
+| `model_state` | the U-Net's state dict: the weights validated (their moving average when EMA_DECAY > 0) |
 | `model_config` | `in_channels`, `out_channels`, `base_channels`, `depth`: `build_unet(**model_config)` rebuilds it |
-| `preprocessing` | `image_size`, and the `mean` and `std` that normalise RGB images scaled to [0, 1] |
-| `epoch`, `metrics` | the epoch it was saved at and its validation scores |
+| `preprocessing` | `image_size`, the `mean` and `std` for RGB in [0, 1], and the `threshold` if training chose one |
+| `epoch`, `metrics` | the epoch it was saved at and its history row (`train_loss`, `val_loss`, `val_dice`, ...) |
 | `datasets` | the datasets trained on: `name`, and for a folder its `images` and `masks` folders and `test_list` |
 | `split` | the sample ids of the `train`, `val` and `test` parts, and whether the test ids are the `official` ones |
 | `digests` | a content digest of every training and validation image, so no copy of one is ever scored as held out |
 | `config` | every training setting of the run, for the record |
-
-scripts/train.py's resumable state (`last.pth`) is such a checkpoint plus the optimizer, schedule and progress.
+| `step`, `step_losses` | last.pth only: the steps done of `epoch`, and the loss of each of them |
+| `history`, `best_dice` | last.pth only: the rows of history.csv so far, and the best validation Dice so far |
+| `optimizer_state`, `scaler_state` | last.pth only: the state dicts of the optimizer and of the loss scaler |
+| `rng_state` | last.pth only: PyTorch's random state, so a resumed run draws what an uninterrupted one would |
+| `ema_state` | last.pth only, with EMA_DECAY > 0: the moving average of the weights (an AveragedModel) |
+| `auxiliary_heads_state` | last.pth only, with DEEP_SUPERVISION > 0: the auxiliary heads of deep supervision |
 """
 
 import math

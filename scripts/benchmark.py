@@ -35,17 +35,19 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from common.config import parse_settings, script_constants
-from common.device import autocast_dtype, configure_fast_path, describe_device, resolve_device, synchronize
+from common.config import flag_name, parse_settings, script_constants
+from common.device import autocast_dtype, configure_fast_path, describe_device, resolve_device, seconds_per_call
 from common.errors import UserError, run_main
-from common.files import write_text_atomic
+from common.files import write_json_atomic
 from dataset import kvasir, synthetic, transforms
-from dataset.segmentation import PolypDataset, RunBatchSampler, loader_options, worker_count
+from dataset.loader import loader_options, worker_count
+from dataset.sampler import RunBatchSampler
+from dataset.segmentation import PolypDataset
 from model import build_unet
 from model.unet import smallest_input
 from utils.inference import Predictor
 from utils.losses import bce_dice_loss
-from utils.training import COMPILE_MODES, compile_model, make_optimizer, training_step
+from utils.training import COMPILE_MODES, compile_model, make_optimizer, make_scaler, training_step
 
 DATA_DIR = "data"  # the real Kvasir-SEG (folder or zip, as scripts/train.py leaves it), used when SYNTHETIC is 0
 SYNTHETIC = 0  # N > 0: time on N generated Kvasir-sized images in a temporary folder instead
@@ -130,7 +132,7 @@ def time_training(model, batches, steps_per_epoch: int, config: dict, device, am
     optimizer = (
         make_optimizer(model, "adamw", 1e-4, 1e-4, device) if fast else torch.optim.Adam(model.parameters(), lr=1e-4)
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = make_scaler(device, amp_dtype)
     non_blocking = fast and device.type == "cuda"
 
     def step():
@@ -140,19 +142,7 @@ def time_training(model, batches, steps_per_epoch: int, config: dict, device, am
             model, images, masks.to(device, non_blocking=non_blocking), bce_dice_loss, optimizer, scaler, amp_dtype
         )
 
-    return seconds_per_call(step, steps_per_epoch, config["TIMED_EPOCHS"] * steps_per_epoch, device)
-
-
-def seconds_per_call(call, warmup: int, timed: int, device: torch.device) -> float:
-    """Wall-clock seconds per `call()` over `timed` calls, after `warmup` untimed ones, device synchronised."""
-    for _ in range(warmup):
-        call()
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(timed):
-        call()
-    synchronize(device)
-    return (time.perf_counter() - start) / timed
+    return seconds_per_call(step, device, steps_per_epoch, calls=config["TIMED_EPOCHS"] * steps_per_epoch)
 
 
 def time_pipeline(batches, config: dict) -> float:
@@ -172,7 +162,7 @@ def time_end_to_end(config: dict, data_dir: Path, scratch: Path) -> dict:
         sys.executable, str(Path(__file__).with_name("train.py")), "--data-dir", str(data_dir),
         "--output-dir", str(run), "--checkpoint-path", str(run / "best.pth"), "--no-show-panels",
         "--epochs", str(config["END_TO_END_EPOCHS"]), "--device", config["DEVICE"], "--compile", config["COMPILE"],
-        *(f"--{name.lower().replace('_', '-')}={config[name]}" for name in (
+        *(f"{flag_name(name)}={config[name]}" for name in (
             "IMAGE_SIZE", "AUGMENTATION", "NUM_WORKERS", "BASE_CHANNELS", "DEPTH", "BATCH_SIZE"
         )),
     ]  # fmt: skip
@@ -188,7 +178,7 @@ def time_inference(predict, config: dict, device, memory_format) -> float:
     size = config["IMAGE_SIZE"]
     batch = torch.randn(config["INFERENCE_BATCH_SIZE"], 3, size, size, device=device)
     batch = batch.contiguous(memory_format=memory_format)
-    return seconds_per_call(lambda: predict(batch), 5, config["INFERENCE_STEPS"], device)
+    return seconds_per_call(lambda: predict(batch), device, 5, calls=config["INFERENCE_STEPS"])
 
 
 @torch.inference_mode()
@@ -326,7 +316,7 @@ def main() -> None:
     }
     print(report(results))
     if config["JSON"]:
-        write_text_atomic(Path(config["JSON"]), json.dumps(results, indent=2) + "\n")
+        write_json_atomic(Path(config["JSON"]), results)
         print(f"results written to {config['JSON']}")
 
 

@@ -10,7 +10,6 @@
 Every UPPER_CASE constant below can be edited here or given as a flag (CHECKPOINT -> --checkpoint).
 """
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, model/, utils/ from anywhere
 
 from common.config import parse_settings, script_constants
-from common.device import describe_device
+from common.device import describe_device, use_threads
 from common.errors import UserError, run_main
-from common.files import write_csv_atomic, write_text_atomic
+from common.files import write_csv_atomic, write_json_atomic
 from dataset.images import read_rgb
 from dataset.sources import (
     SCORED_PARTS,
@@ -45,6 +44,7 @@ BATCH_SIZE = 0  # images per forward pass (and of the speed measurement); 0: 64 
 TTA = True  # average the probabilities of the image and its flips (chosen on validation, see README "Results")
 TTA_VIEWS = 3  # with TTA: 3 (the image, its horizontal and vertical flips) or 8 (all flips and 90-degree turns)
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
+THREADS = 0  # PyTorch CPU threads; 0 keeps the default (one per core). 1 is far faster on busy shared CPUs
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 on GPUs without bf16); ignored on the CPU
 CSV = "outputs/evaluation/per_image.csv"  # one row per image: dataset, id, width, height, metrics, pixel counts
 JSON = ""  # when set, also write the summary as JSON to this path
@@ -176,7 +176,7 @@ def write_files(config: dict, rows: list[dict], report: dict) -> None:
     try:
         write_csv_atomic(config["CSV"], [rounded(row) for row in rows])
         if config["JSON"]:
-            write_text_atomic(config["JSON"], json.dumps(report, indent=2) + "\n")
+            write_json_atomic(config["JSON"], report)
     except OSError as error:
         reason = f"{error.strerror or error}: {error.filename}"
         raise UserError(f"could not write the scores printed above ({reason}).") from None
@@ -185,6 +185,7 @@ def write_files(config: dict, rows: list[dict], report: dict) -> None:
 
 def main() -> None:
     config = parse_settings(script_constants(globals()), __file__).values
+    use_threads(config["THREADS"])
     checkpoint = load_checkpoint(config["CHECKPOINT"])
     predictor = inference.predictor_from_settings(checkpoint, config)
     batch_size = inference.inference_batch_size(config["BATCH_SIZE"], predictor.device)

@@ -29,7 +29,7 @@ from torch.export import Dim
 from common.config import parse_settings, script_constants
 from common.device import describe_device
 from common.errors import UserError, run_main
-from common.files import atomic_path, write_text_atomic
+from common.files import atomic_path, write_json_atomic
 from dataset.synthetic import make_sample
 from model import load_checkpoint
 from utils import inference
@@ -175,7 +175,7 @@ def main() -> None:
         report |= check_export(pytorch, onnxruntime, sizes, config)
         report["versions"] = {"torch": torch.__version__} | {name: p.__version__ for name, p in packages.items()}
         if config["JSON"]:
-            write_text_atomic(config["JSON"], json.dumps(report, indent=2) + "\n")
+            write_json_atomic(config["JSON"], report)
         if not report["passed"]:
             raise UserError(
                 f"ONNX Runtime's probabilities differ from PyTorch's by up to {report['max_abs_difference']:.2e},"

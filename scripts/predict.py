@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, m
 from tqdm import tqdm
 
 from common.config import parse_settings, script_constants
-from common.device import describe_device
-from common.errors import UserError, run_main
+from common.device import describe_device, use_threads
+from common.errors import UserError, first_few, run_main
 from dataset.images import read_rgb, write_png
 from dataset.kvasir import IMAGE_SUFFIXES
 from utils import inference  # as a module: its THRESHOLD is not a setting of this script
@@ -34,6 +34,7 @@ BATCH_SIZE = 0  # images per forward pass; 0: 64 on a GPU, 8 on the CPU
 TTA = True  # average the probabilities of the image and its horizontal and vertical flips, as evaluate.py
 TTA_VIEWS = 3  # with TTA: 3 (the image, its horizontal and vertical flips) or 8 (all flips and 90-degree turns)
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
+THREADS = 0  # CPU threads of PyTorch (and of ONNX Runtime with ONNX); 0: one per core. 1 is faster on busy shared CPUs
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 on GPUs without bf16); ignored on the CPU
 OVERWRITE = False  # replace the NAME_mask.png and NAME_overlay.png already in OUTPUT (an input is never replaced)
 
@@ -90,9 +91,9 @@ def check_outputs(inputs: list[str], paths: list[Path], output_dir: Path, overwr
             raise UserError(f"{target} is an input of this run; predicting would overwrite it. Give another --output.")
     existing = [target.name for target in targets if target.exists()]
     if existing and not overwrite:
-        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
         raise UserError(
-            f"{output_dir} already holds {existing[0]}{more}; give --overwrite to replace them, or another --output."
+            f"{output_dir} already holds {first_few(existing, 1)}; give --overwrite to replace them, or another"
+            " --output."
         )
 
 
@@ -100,6 +101,7 @@ def main() -> None:
     inputs_flag = (("inputs",), dict(nargs="+", metavar="INPUT", help="image files and/or folders of images"))
     settings = parse_settings(script_constants(globals()), __file__, extra_flags=[inputs_flag])
     config = settings.values
+    use_threads(config["THREADS"])
     if {"CHECKPOINT", "ONNX"} <= settings.given:
         raise UserError("give --checkpoint or --onnx, not both.")
     paths = collect_inputs(config["inputs"])

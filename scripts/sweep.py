@@ -31,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find common/ and
 from common.config import parse_settings, script_constants
 from common.errors import UserError, run_main
 from common.files import writable_folder, write_csv_atomic, write_text_atomic
+from common.signals import SignalForwarder
 from dataset import kvasir
+from dataset.loader import worker_count
 
 SWEEP_DIR = "outputs/sweep"  # one folder per run, and the ranking (ranking.md, ranking.csv, ranking_recipes.csv)
 SEEDS = [42]  # every recipe is trained once per seed; the recipe table averages over them
@@ -74,7 +76,7 @@ class Step:
 
 
 @dataclass
-class Run:
+class RecipeRun:
     """One recipe trained with one seed in its own folder, and where this sweep has got with it."""
 
     recipe: Path
@@ -129,12 +131,10 @@ def train_flags(text: str) -> list[str]:
 
 def workers_per_run(config: dict) -> int:
     """NUM_WORKERS, or for -1 the CPU cores but one (for the main processes) shared among the PARALLEL runs."""
-    if config["NUM_WORKERS"] >= 0:
-        return config["NUM_WORKERS"]
-    return min(8, max(1, ((os.cpu_count() or 1) - 1) // config["PARALLEL"]))
+    return worker_count(config["NUM_WORKERS"], config["PARALLEL"], at_least=1)
 
 
-def plan_runs(config: dict) -> list[Run]:
+def plan_runs(config: dict) -> list[RecipeRun]:
     """One run per recipe and seed, in SWEEP_DIR/<recipe stem>-seed<seed>/; refuses missing or same-named recipes."""
     recipes = [Path(recipe) for recipe in config["recipe_files"]]
     for recipe in recipes:
@@ -145,7 +145,9 @@ def plan_runs(config: dict) -> list[Run]:
         raise UserError(f"two recipes share a file name ({', '.join(map(str, recipes))}); their runs would collide.")
     sweep_dir = writable_folder(config["SWEEP_DIR"], "SWEEP_DIR")
     return [
-        Run(recipe, seed, sweep_dir / f"{recipe.stem}-seed{seed}") for recipe in recipes for seed in config["SEEDS"]
+        RecipeRun(recipe, seed, sweep_dir / f"{recipe.stem}-seed{seed}")
+        for recipe in recipes
+        for seed in config["SEEDS"]
     ]
 
 
@@ -157,7 +159,7 @@ def score_names(config: dict) -> list[str]:
     return [name for name in SCORES if config["TEST"] or not name.startswith("test")]
 
 
-def next_step(run: Run, config: dict) -> Step | None:
+def next_step(run: RecipeRun, config: dict) -> Step | None:
     """Train (or resume) until summary.json exists, then each missing evaluation; None when the run is complete."""
     summary = run.folder / "summary.json"
     if not summary.is_file():
@@ -170,7 +172,7 @@ def next_step(run: Run, config: dict) -> Step | None:
     return None
 
 
-def train_command(run: Run, config: dict, resume: bool) -> list[str]:
+def train_command(run: RecipeRun, config: dict, resume: bool) -> list[str]:
     """train.py on the run's recipe and seed, writing into its folder; a new run replaces any unfinished files."""
     return [
         sys.executable, str(TRAIN_SCRIPT), str(run.recipe), "--seed", str(run.seed), "--output-dir", str(run.folder),
@@ -180,7 +182,7 @@ def train_command(run: Run, config: dict, resume: bool) -> list[str]:
     ]  # fmt: skip
 
 
-def evaluate_command(run: Run, name: str, config: dict) -> list[str]:
+def evaluate_command(run: RecipeRun, name: str, config: dict) -> list[str]:
     """evaluate.py on the run's best checkpoint, as SCORES[name] says, writing RUN/<name>.json and .csv."""
     return [
         sys.executable, str(EVALUATE_SCRIPT), "--checkpoint", str(run.folder / "best.pth"), *SCORES[name],
@@ -197,39 +199,6 @@ def say(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')}  {message}", flush=True)
 
 
-class Signals:
-    """While active, SIGINT and SIGTERM are recorded instead of stopping the sweep; `forward` passes each one, once,
-    to the running processes (train.py saves its state and stops at the first, stops at once at a second)."""
-
-    def __init__(self):
-        self.received, self.forwarded, self.previous = [], 0, {}
-
-    def __enter__(self):
-        self.previous = {number: signal.signal(number, self.record) for number in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *_exception):
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-
-    def record(self, number, _frame) -> None:
-        self.received.append(number)  # only this: printing here could interrupt a print of the main loop
-
-    def forward(self, processes: list[subprocess.Popen]) -> None:
-        """Send the signals received since the last call to `processes`."""
-        new = self.received[self.forwarded :]
-        self.forwarded += len(new)
-        for number in new:
-            say(f"{signal.Signals(number).name} received: stopping {len(processes)} running process(es), no new runs")
-            for process in processes:
-                process.send_signal(number)
-
-    @property
-    def exit_status(self) -> int:
-        """128 + the first signal's number: 130 for SIGINT, 143 for SIGTERM."""
-        return 128 + self.received[0]
-
-
 def child_environment(config: dict) -> dict:
     """The sweep's environment with unbuffered output (so the logs stay current) and, unless OMP_NUM_THREADS is
     set, PyTorch's CPU threads shared among the PARALLEL runs: oversubscribed threads slow every run down many times."""
@@ -237,7 +206,7 @@ def child_environment(config: dict) -> dict:
     return {"OMP_NUM_THREADS": threads, **os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def start(run: Run, step: Step, config: dict) -> None:
+def start(run: RecipeRun, step: Step, config: dict) -> None:
     """Start `step` with its output appended to the run's log, in its own process group, so that a Ctrl-C at the
     terminal reaches only the sweep, which forwards it once."""
     run.folder.mkdir(parents=True, exist_ok=True)
@@ -251,14 +220,14 @@ def start(run: Run, step: Step, config: dict) -> None:
     run.step, run.status = step, "running"
 
 
-def finish(run: Run, status: str, note: str = "") -> None:
+def finish(run: RecipeRun, status: str, note: str = "") -> None:
     """Settle the run's status for this sweep and print it."""
     run.status, run.note, run.process = status, note, None
     minutes = (time.monotonic() - run.started) / 60
     say(f"{run.name}: {status} after {minutes:.1f} min" + (f": {note}" if note else ""))
 
 
-def advance(run: Run, config: dict, stopping: bool) -> bool:
+def advance(run: RecipeRun, config: dict, stopping: bool) -> bool:
     """Start the run's next step (True); or, when it has none left or the sweep is stopping, settle it (False)."""
     run.started = run.started or time.monotonic()
     step = next_step(run, config)
@@ -282,7 +251,7 @@ def last_line(log: Path) -> str:
     return [line for line in lines if line and not re.search(r"\d+%\|", line)][-1]
 
 
-def step_ended(run: Run, config: dict, stopping: bool) -> bool:
+def step_ended(run: RecipeRun, config: dict, stopping: bool) -> bool:
     """After the run's current process exited: go on to its next step (True), or settle it as failed or stopped."""
     status = run.process.returncode
     if status == 0 and run.step.writes.is_file():
@@ -296,12 +265,12 @@ def step_ended(run: Run, config: dict, stopping: bool) -> bool:
     return False
 
 
-def work_through(runs: list[Run], config: dict, signals: Signals) -> None:
+def work_through(runs: list[RecipeRun], config: dict, signals: SignalForwarder) -> None:
     """Run the steps of every unfinished run, PARALLEL runs at a time, until each has settled or a signal came."""
     waiting = [run for run in runs if run.status == "pending"]
     active = []
     while active or (waiting and not signals.received):
-        signals.forward([run.process for run in active])
+        signals.forward([run.process for run in active], say)
         while waiting and len(active) < config["PARALLEL"] and not signals.received:
             run = waiting.pop(0)
             if advance(run, config, stopping=False):
@@ -322,7 +291,7 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def run_row(run: Run, config: dict) -> dict:
+def run_row(run: RecipeRun, config: dict) -> dict:
     """One line of ranking.csv: the run's summary.json and evaluation JSONs, blank where missing."""
     summary = read_json(run.folder / "summary.json")
     row = {"rank": None, "recipe": run.recipe.stem, "seed": run.seed, "status": run.status}
@@ -372,7 +341,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_ranking(runs: list[Run], config: dict) -> str:
+def write_ranking(runs: list[RecipeRun], config: dict) -> str:
     """Write ranking.csv (one row per run), ranking_recipes.csv (the mean per recipe) and ranking.md (both tables);
     return the Markdown."""
     rows = ranked([run_row(run, config) for run in runs])
@@ -412,7 +381,7 @@ def main() -> int:
         if next_step(run, config) is None:
             run.status = "done"
             say(f"{run.name}: done earlier, its scores are reused")
-    with Signals() as signals:
+    with SignalForwarder() as signals:
         work_through(runs, config, signals)
         markdown = write_ranking(runs, config)
     print(f"\n{markdown}\nwritten to {Path(config['SWEEP_DIR']) / 'ranking.md'}, ranking.csv and ranking_recipes.csv")

@@ -15,7 +15,8 @@ from dataset import cache
 from dataset.cache import cache_folder, cached_arrays
 from dataset.images import load_pair, read_rgb
 from dataset.kvasir import prepare_kvasir_seg
-from dataset.segmentation import PolypDataset, RunBatchSampler, epoch_order
+from dataset.sampler import RunBatchSampler, epoch_order
+from dataset.segmentation import PolypDataset
 from dataset.transforms import build_transform
 
 

@@ -12,7 +12,7 @@ import pytest
 from common import files
 from common.errors import UserError
 from common.files import atomic_path, waiting_lock, write_text_atomic
-from common.termination import sigterm_cleans_up
+from common.signals import sigterm_cleans_up
 
 
 def test_the_file_reaches_the_disk_before_the_rename_and_the_rename_after(tmp_path, monkeypatch):

@@ -44,7 +44,7 @@ def touch(*paths: Path) -> None:
 
 
 def test_next_step_trains_resumes_then_scores_each_missing_evaluation(tmp_path):
-    run = sweep.Run(Path("configs/a.py"), 43, tmp_path / "a-seed43")
+    run = sweep.RecipeRun(Path("configs/a.py"), 43, tmp_path / "a-seed43")
     config = settings(DATA_DIR="d", DEVICE="cpu", NUM_WORKERS=0, TRAIN_FLAGS=["--epochs", "3"])
     step = sweep.next_step(run, config)
     assert step.label == "training" and step.writes == run.folder / "summary.json"
@@ -130,7 +130,7 @@ def test_the_last_line_of_a_log_skips_progress_bars_and_blanks(tmp_path):
     ids=["killed", "error", "no-output", "stopped"],
 )  # fmt: skip
 def test_a_step_that_ends_without_its_file_settles_the_run(tmp_path, capsys, code, stopping, status, note):
-    run = sweep.Run(Path("a.py"), 1, tmp_path / "a-seed1")
+    run = sweep.RecipeRun(Path("a.py"), 1, tmp_path / "a-seed1")
     sweep.start(run, sweep.Step("training", [sys.executable, "-c", code], run.folder / "summary.json"), settings())
     run.process.wait()
     assert sweep.step_ended(run, settings(), stopping) is False
@@ -141,7 +141,7 @@ def test_a_step_that_ends_without_its_file_settles_the_run(tmp_path, capsys, cod
 def fake_run(tmp_path, recipe: str, seed: int, dice: float | None, status="done"):
     """A run whose folder holds a summary.json and evaluation JSONs around `dice` (none when None); every number
     is a binary fraction, so that the tables' values can be compared exactly."""
-    run = sweep.Run(Path(f"configs/{recipe}.py"), seed, tmp_path / f"{recipe}-seed{seed}", status=status)
+    run = sweep.RecipeRun(Path(f"configs/{recipe}.py"), seed, tmp_path / f"{recipe}-seed{seed}", status=status)
     run.folder.mkdir()
     if dice is None:
         return run

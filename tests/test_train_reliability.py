@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from common.files import exclusive_lock
-from common.interrupt import StopRequest
+from common.signals import StopRequest
 from dataset.synthetic import make_kvasir_folder
 from tests.scripts import REPO
 from tests.train_runs import command_line, error_line, read_history, train_in_process

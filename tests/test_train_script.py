@@ -13,7 +13,8 @@ from dataset.splits import make_split
 from dataset.synthetic import make_kvasir_folder
 from model import build_unet
 from tests.scripts import REPO, run_script
-from tests.train_runs import TINY, error_line, read_history, train, train_in_process, train_script
+from tests.train_runs import TINY, error_line, read_history, train, train_in_process
+from utils.training import probed_seconds
 from utils.validation import THRESHOLDS
 
 
@@ -266,9 +267,8 @@ def test_the_full_recipe_on_a_cpu_is_announced_with_the_quick_alternative(tmp_pa
 def test_the_time_probe_leaves_the_weights_statistics_and_random_state_alone():
     torch.manual_seed(0)
     model = build_unet(4, 2)
-    training = train_script.Training(model, model, None, None, None)
     before, random_state = {k: v.clone() for k, v in model.state_dict().items()}, torch.get_rng_state()
-    seconds = train_script.probed_seconds(training, steps=10, config={"IMAGE_SIZE": 32, "BATCH_SIZE": 4})
+    seconds = probed_seconds(model, image_size=32, batch_size=4, steps=10)
     assert seconds > 0
     assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
     assert torch.equal(torch.get_rng_state(), random_state) and all(p.grad is None for p in model.parameters())

@@ -1,1 +1,2 @@
-"""Shared helpers: loss, metrics, evaluation, visualisation, configuration, devices and safe file writes."""
+"""What training and evaluation share above the model: losses, metrics, the training step and its resumable state,
+validation, scoring, inference on images of any size, and the pictures (panels, curves, overlays)."""

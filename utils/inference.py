@@ -5,7 +5,6 @@ scripts/evaluate.py, scripts/predict.py and notebooks/explore_predictions.ipynb;
 
 import importlib
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.device import autocast, autocast_dtype, configure_fast_path, resolve_device, synchronize
+from common.device import autocast, autocast_dtype, configure_fast_path, resolve_device, seconds_per_call
 from common.errors import UserError
 from model.checkpoint import describe_bad_preprocessing, load_checkpoint, model_from_checkpoint
 
@@ -222,13 +221,15 @@ def import_export_package(name: str):
 def predictor_from_settings(checkpoint, settings: dict, onnx_model: str = "") -> ImagePredictor:
     """The Predictor of scripts/evaluate.py and scripts/predict.py, from their shared settings DEVICE,
     MIXED_PRECISION, TTA and TTA_VIEWS, after checking their BATCH_SIZE; `checkpoint` is a checkpoint dict or path.
-    With `onnx_model` (a path), an OnnxPredictor of that file instead, which runs on the CPU."""
+    With `onnx_model` (a path), an OnnxPredictor of that file instead, which runs on the CPU on THREADS threads."""
     if settings["BATCH_SIZE"] < 0:
         raise UserError("BATCH_SIZE must be at least 1, or 0 to pick it for the device.")
     if onnx_model:
         if settings["DEVICE"] not in ("auto", "cpu"):
             raise UserError(f"an ONNX model runs on the CPU with ONNX Runtime; drop --device {settings['DEVICE']}.")
-        return OnnxPredictor.from_file(onnx_model, settings["TTA"], tta_views=settings["TTA_VIEWS"])
+        return OnnxPredictor.from_file(
+            onnx_model, settings["TTA"], threads=settings["THREADS"], tta_views=settings["TTA_VIEWS"]
+        )
     return Predictor.from_checkpoint(
         checkpoint, settings["DEVICE"], settings["MIXED_PRECISION"], settings["TTA"], settings["TTA_VIEWS"]
     )
@@ -246,13 +247,8 @@ def inference_batch_size(requested: int, device: torch.device) -> int:
 def measure_speed(predictor: ImagePredictor, batch: torch.Tensor, warmup: int = 2, min_seconds: float = 1.0) -> dict:
     """Throughput of the model alone on a prepared batch (TTA included when on): no file reading, resizing or
     scoring. Runs `warmup` untimed batches, then times at least 3 batches and `min_seconds`, CUDA synchronised."""
-    for _ in range(warmup):
-        predictor.predict_batch(batch)
-    synchronize(predictor.device)
-    repeats, start = 0, time.perf_counter()
-    while repeats < 3 or time.perf_counter() - start < min_seconds:
-        predictor.predict_batch(batch)
-        repeats += 1
-    synchronize(predictor.device)
-    seconds_per_image = (time.perf_counter() - start) / (repeats * len(batch))
+    seconds_per_batch = seconds_per_call(
+        lambda: predictor.predict_batch(batch), predictor.device, warmup, min_seconds=min_seconds
+    )
+    seconds_per_image = seconds_per_batch / len(batch)
     return {"images_per_second": 1 / seconds_per_image, "ms_per_image": 1000 * seconds_per_image}

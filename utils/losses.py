@@ -56,7 +56,7 @@ def make_loss(name: str, bce_weight: float = 1.0, dice_weight: float = 1.0):
 
 
 def deeply_supervised(loss, auxiliary_weight: float):
-    """A loss of (logits, auxiliary logits) for models.unet.DeepSupervision's outputs: `loss` of the logits plus
+    """A loss of (logits, auxiliary logits) for model.unet.DeepSupervision's outputs: `loss` of the logits plus
     `auxiliary_weight` times the mean `loss` of the auxiliary logits (all at the targets' size)."""
     return functools.partial(_deep_supervision_loss, loss=loss, auxiliary_weight=auxiliary_weight)
 

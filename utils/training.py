@@ -1,6 +1,7 @@
-"""The training step shared by scripts/train.py and scripts/benchmark.py, with its optimizer, learning-rate
-schedule, compilation and multi-scale resizing."""
+"""The training step shared by scripts/train.py and scripts/benchmark.py, with its optimizer, loss scaler,
+learning-rate schedule, compilation and multi-scale resizing, and the estimates of how long a run takes."""
 
+import copy
 import math
 import time
 
@@ -8,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.device import autocast, synchronize
+from common.device import autocast, synchronized_clock
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
@@ -36,6 +37,12 @@ def make_optimizer(
             {"params": [parameter for parameter in parameters if parameter.ndim <= 1], "weight_decay": 0.0},
         ]
     return optimizer_class(groups, lr=learning_rate, weight_decay=weight_decay, fused=device.type == "cuda")
+
+
+def make_scaler(device: torch.device, amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """The loss scaler: it scales the loss for float16 autocast, whose small range loses tiny gradients; for bfloat16
+    and full precision it is switched off and passes every call through."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
@@ -122,11 +129,9 @@ class TimeEstimate:
         """Count one step; after the timed ones, write (and return) the estimate for the `steps_left` steps."""
         self.steps_done += 1
         if self.steps_done == 1:
-            synchronize(self.device)
-            self.started = time.perf_counter()
+            self.started = synchronized_clock(self.device)
         elif self.steps_done == 1 + self.timed_steps:
-            synchronize(self.device)
-            per_step = (time.perf_counter() - self.started) / self.timed_steps
+            per_step = (synchronized_clock(self.device) - self.started) / self.timed_steps
             message = (
                 f"estimated time: {format_duration(per_step * steps_left)} for the {steps_left} steps left"
                 f" ({per_step:.2f} s each; validation comes on top)"
@@ -134,3 +139,20 @@ class TimeEstimate:
             write(message)
             return message
         return None
+
+
+def gpu_sized_on_a_cpu(device: torch.device, image_size: int, base_channels: int) -> bool:
+    """True for a GPU-sized run (the default image size and width, or larger) on a CPU: days of training."""
+    return device.type == "cpu" and image_size**2 * base_channels >= 256**2 * 64
+
+
+def probed_seconds(module: torch.nn.Module, image_size: int, batch_size: int, steps: int) -> float:
+    """The training time of `steps` steps on this CPU from one forward and backward pass of two random images through
+    a copy of `module` (the real weights, statistics and random state stay untouched)."""
+    probe = copy.deepcopy(module).train()
+    images = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    outputs = probe(images)
+    started = time.perf_counter()
+    outputs = probe(images)
+    (outputs[0] if isinstance(outputs, tuple) else outputs).mean().backward()
+    return (time.perf_counter() - started) / 2 * batch_size * steps

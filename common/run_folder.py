@@ -1,0 +1,58 @@
+"""A training run's output folder and best-model path: refused before any work when they cannot be written, held
+against other runs while it trains, and taken over from an earlier run only when asked, so that no run silently
+destroys another's files."""
+
+import contextlib
+from pathlib import Path
+
+from common.errors import UserError, first_few
+from common.files import exclusive_lock, remove_stale_temporaries, writable_folder
+
+RUN_FILES = ("last.pth", "history.csv", "summary.json", "curves.png")  # in the output folder, beside panels/
+
+
+def run_files(output_dir: Path, checkpoint_path: Path) -> list[Path]:
+    """The files a run writes that a new run would replace: its best model, resumable state, history and pictures."""
+    candidates = [checkpoint_path, *(output_dir / name for name in RUN_FILES)]
+    return [path for path in candidates if path.is_file()] + sorted((output_dir / "panels").glob("epoch_*.png"))
+
+
+def check_output_paths(output_dir: Path, checkpoint_path: Path, example: str) -> None:
+    """Refuse output paths that cannot be written before any work, rather than after the first epoch; `example` is
+    a checkpoint path to suggest."""
+    writable_folder(output_dir, "OUTPUT_DIR")
+    if checkpoint_path.is_dir():
+        raise UserError(f"CHECKPOINT_PATH {checkpoint_path} is a folder; give a file path such as {example}.")
+    writable_folder(checkpoint_path.parent, "CHECKPOINT_PATH's folder")
+
+
+def claim_run_files(output_dir: Path, checkpoint_path: Path, resuming: bool, overwrite: bool) -> None:
+    """Never let a new run silently destroy an earlier one: refuse while the paths hold an earlier run's files,
+    unless `overwrite`, which removes them first (so no old panel is left beside the new ones). Call it holding the
+    run's locks, so that it never removes the files of a run still going."""
+    earlier = [] if resuming else run_files(output_dir, checkpoint_path)
+    if earlier and not overwrite:
+        raise UserError(
+            f"an earlier run's files are in the way ({first_few(earlier, 3)}); continue that run with --resume, keep"
+            " it by giving this run another --output-dir and --checkpoint-path, or replace it with --overwrite."
+        )
+    for path in earlier:
+        path.unlink()
+
+
+@contextlib.contextmanager
+def held_run_folder(output_dir: Path, checkpoint_path: Path, resuming: bool, overwrite: bool):
+    """Hold the run's output folder and checkpoint against other runs for the block, after tidying what a killed
+    run left and claiming the paths (see claim_run_files)."""
+    with (
+        exclusive_lock(output_dir / "train.lock", str(output_dir)),
+        exclusive_lock(checkpoint_path.with_suffix(".lock"), str(checkpoint_path)),
+    ):
+        for folder, name in (
+            (output_dir, "*"),
+            (output_dir / "panels", "*"),
+            (checkpoint_path.parent, checkpoint_path.name),
+        ):
+            remove_stale_temporaries(folder, name)  # left by a run killed mid-write; never read, only tidied
+        claim_run_files(output_dir, checkpoint_path, resuming, overwrite)
+        yield

@@ -1,0 +1,74 @@
+"""The data of a training run: every dataset fetched and split, the training batches as one seeded stream over the
+run's remaining epochs, and the validation batches and panel images, which never change."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from common.distributed import Processes, main_process_first
+from common.errors import UserError
+from dataset import transforms
+from dataset.loader import loader_options, worker_count
+from dataset.sampler import RunBatchSampler
+from dataset.segmentation import PolypDataset
+from dataset.sources import DataRecord, combined_split, file_digest, parse_source, source_pairs, source_split
+
+
+@dataclass
+class TrainingData:
+    """The batches of one run: an augmented stream over all its remaining epochs, the validation batches (kept on
+    the device, as they never change), the fixed validation images its panels show, and the record of its data."""
+
+    record: DataRecord
+    steps_per_epoch: int
+    train_loader: DataLoader
+    val_batches: list[tuple[torch.Tensor, torch.Tensor]]
+    panel_images: torch.Tensor
+    panel_masks: torch.Tensor
+
+
+def prepare_data(
+    config: dict, processes: Processes, device: torch.device, memory_format, first_epoch: int, first_step: int
+) -> TrainingData:
+    """Get and split every dataset of scripts/train.py's DATASETS, and build the training stream from step
+    `first_step` of epoch `first_epoch` on, and the validation batches of all of them together, on `device`."""
+    sources, pairs, splits = [parse_source(spec) for spec in config["DATASETS"]], [], []
+    for source in sources:
+        with main_process_first(processes):  # one process downloads and extracts; the others then read
+            found = source_pairs(source, config["DATA_DIR"], config["DATA_URL"])
+        splits.append(
+            source_split(source, [sample_id for sample_id, _, _ in found], config["VAL_FRACTION"], config["SEED"])
+        )
+        pairs += found
+    split = combined_split(splits)
+    print(f"split: {len(split.train)} train / {len(split.val)} validation / {len(split.test)} test (held out)")
+    by_id = {pair[0]: pair for pair in pairs}
+    digests = {sample_id: file_digest(by_id[sample_id][1]) for sample_id in split.train + split.val}
+    cache_dir = Path(config["DATA_DIR"]) / "cache" if config["CACHE"] else None
+    augment, no_augment = transforms.build_transform(config["AUGMENTATION"]), transforms.build_transform("none")
+    with main_process_first(processes):  # one process builds the cache; the others then open it
+        train_set = PolypDataset([by_id[i] for i in split.train], config["IMAGE_SIZE"], augment, cache_dir)
+        val_set = PolypDataset([by_id[i] for i in split.val], config["IMAGE_SIZE"], no_augment, cache_dir)
+    if len(train_set) < config["BATCH_SIZE"]:
+        raise UserError(f"BATCH_SIZE {config['BATCH_SIZE']} exceeds the {len(train_set)} training images.")
+    batches = RunBatchSampler(
+        len(train_set), config["BATCH_SIZE"], config["SEED"], first_epoch, first_step, config["EPOCHS"],
+        processes.rank, processes.world_size,
+    )  # fmt: skip
+    workers = worker_count(config["NUM_WORKERS"], processes.local_world_size)
+    loader = DataLoader(train_set, batch_sampler=batches, **loader_options(workers, device))
+    val_batches = [
+        (images.to(device, memory_format=memory_format), masks.to(device))
+        for images, masks in DataLoader(val_set, batch_size=2 * config["BATCH_SIZE"])
+    ]
+    panel_samples = [val_set[i] for i in range(min(config["PANEL_IMAGES"], len(val_set)))]
+    return TrainingData(
+        DataRecord(sources, split, digests),
+        batches.steps_per_epoch,
+        loader,
+        val_batches,
+        torch.stack([image for image, _ in panel_samples]),
+        torch.stack([mask for _, mask in panel_samples]),
+    )
