@@ -206,3 +206,15 @@ def test_several_datasets_give_one_table_row_each_and_files_come_after_the_repor
         ["third", "3"],
     ]
     assert "could not write the scores printed above" in error_line(result.stderr)
+
+
+@pytest.mark.slow
+def test_threads_sets_the_cpu_threads_evaluate_runs_on_and_a_negative_count_is_refused(kvasir_dir, tmp_path):
+    checkpoint = save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir)
+    common = ["--checkpoint", checkpoint, "--data-dir", kvasir_dir, "--device", "cpu", "--csv", tmp_path / "out.csv"]
+    refused = run_script("evaluate", *common, "--threads=-1")
+    assert refused.returncode == 2 and "error: THREADS must be >= 0" in refused.stderr
+    assert not (tmp_path / "out.csv").exists()
+    result = run_script("evaluate", *common, "--threads", "1", "--json", tmp_path / "summary.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["device"].endswith(" cores, 1 threads)")

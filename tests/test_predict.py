@@ -119,3 +119,22 @@ def test_existing_outputs_are_replaced_only_with_overwrite(tmp_path):
 def test_a_checkpoint_and_an_onnx_model_together_are_refused(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="give --checkpoint or --onnx, not both"):
         run_predict_main(monkeypatch, tmp_path, "--checkpoint", tmp_path / "m.pth", "--onnx", tmp_path / "m.onnx")
+
+
+def test_a_negative_thread_count_is_refused_before_any_work(tmp_path, monkeypatch):
+    write_image(tmp_path / "case1.png", 3, 8, 8)
+    with pytest.raises(UserError, match=r"THREADS must be >= 0"):
+        run_predict_main(monkeypatch, tmp_path / "case1.png", "--threads=-1", "--output", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_threads_sets_the_cpu_threads_predict_runs_on(tmp_path):
+    write_image(tmp_path / "case1.png", 3, 30, 50)
+    checkpoint = save_untrained_checkpoint(tmp_path / "model.pth", tmp_path / "data")
+    result = run_script(
+        "predict", tmp_path / "case1.png", "--checkpoint", checkpoint, "--output", tmp_path / "out",
+        "--device", "cpu", "--threads", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert " cores, 1 threads) into " in result.stdout

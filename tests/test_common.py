@@ -1,0 +1,53 @@
+"""Small shared helpers of common/ and dataset/loader.py: message lists, JSON files, CPU threads, timing, workers."""
+
+import json
+
+import pytest
+import torch
+
+from common import device as device_module
+from common.device import seconds_per_call, use_threads
+from common.errors import UserError, first_few
+from common.files import write_json_atomic
+from dataset import loader
+from dataset.loader import worker_count
+
+
+def test_first_few_names_the_first_ones_and_counts_the_rest():
+    assert first_few(["a", "b"], 3) == "a, b"
+    assert first_few(["a", "b", "c", "d", "e"], 3) == "a, b, c and 2 more"
+    assert first_few([1, 2], 1) == "1 and 1 more"
+
+
+def test_write_json_atomic_writes_indented_json_with_a_final_newline(tmp_path):
+    path = tmp_path / "nested" / "summary.json"
+    write_json_atomic(path, {"dice": 0.5, "runs": [1, 2]})
+    assert path.read_text().endswith("}\n") and "\n  " in path.read_text()
+    assert json.loads(path.read_text()) == {"dice": 0.5, "runs": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["summary.json"]  # no temporary file left
+
+
+def test_use_threads_sets_a_positive_count_keeps_the_default_for_0_and_refuses_a_negative(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    use_threads(0)
+    use_threads(3)
+    assert calls == [3]
+    with pytest.raises(UserError, match=r"^THREADS must be >= 0 \(0 keeps PyTorch's default\)\.$"):
+        use_threads(-1)
+
+
+def test_seconds_per_call_runs_the_warmup_then_at_least_the_timed_calls(monkeypatch):
+    calls, synchronised = [], []
+    monkeypatch.setattr(device_module, "synchronize", synchronised.append)
+    seconds = seconds_per_call(lambda: calls.append(1), torch.device("cpu"), warmup=2, calls=5)
+    assert len(calls) == 7 and seconds >= 0 and len(synchronised) == 2  # once before the timing, once after
+
+
+@pytest.mark.parametrize(
+    ("cpus", "requested", "processes", "at_least", "workers"),
+    [(16, -1, 1, 0, 8), (4, -1, 1, 0, 3), (1, -1, 1, 0, 0), (1, -1, 1, 1, 1), (16, -1, 3, 1, 5), (16, 2, 3, 1, 2)],
+)
+def test_worker_count_shares_the_cores_but_one(monkeypatch, cpus, requested, processes, at_least, workers):
+    monkeypatch.setattr(loader.os, "cpu_count", lambda: cpus)
+    assert worker_count(requested, processes, at_least=at_least) == workers
