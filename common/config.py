@@ -24,11 +24,27 @@ def flag_name(constant: str) -> str:
 
 
 def script_constants(namespace: dict) -> dict:
-    """A script's settings: the UPPER_CASE names of `namespace` (its globals()) bound to plain values or lists.
-
-    Imported tuples, dicts and modules are not settings; import UPPER_CASE plain values as `module.NAME`.
+    """A script's settings: the UPPER_CASE names of `namespace` (its globals()) bound to plain values or lists by the
+    script's own top-level assignments. An imported name (`from utils.inference import THRESHOLD`) is never one, nor
+    are tuples and dicts, so only what the script defines, and reads, becomes a flag.
     """
-    return {name: value for name, value in namespace.items() if name.isupper() and isinstance(value, SETTING_TYPES)}
+    defined = assigned_names(Path(namespace["__file__"]).read_text())
+    return {
+        name: value
+        for name, value in namespace.items()
+        if name in defined and name.isupper() and isinstance(value, SETTING_TYPES)
+    }
+
+
+def assigned_names(source: str) -> set[str]:
+    """The names bound by the top-level `NAME = ...` statements of a module's source."""
+    return {
+        target.id
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
 
 
 @dataclass

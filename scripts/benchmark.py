@@ -63,7 +63,7 @@ PIPELINE_BATCHES = 50  # batches of BATCH_SIZE drawn when timing the data pipeli
 INFERENCE_STEPS = 20  # timed forward passes, after 5 untimed ones
 END_TO_END_EPOCHS = 10  # epochs of the scripts/train.py run timed end to end; 0 skips it
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
-COMPILE = "off"  # torch.compile mode of the fast path (and of the end-to-end run), to see whether train.py should
+COMPILE = "off"  # torch.compile mode of the fast path and the end-to-end run (does train.py gain from it?)
 JSON = ""  # also write the results to this file
 
 

@@ -3,7 +3,7 @@
     python scripts/evaluate.py                                   # models/unet_kvasirseg.pth on its held-out images
     python scripts/evaluate.py --split val                       # its validation carve-out, to choose settings
     python scripts/evaluate.py --no-tta --json outputs/evaluation/summary.json   # one forward pass per image
-    python scripts/evaluate.py --datasets kvasir CVC-ClinicDB=data/TestDataset/CVC-ClinicDB \
+    python scripts/evaluate.py --datasets kvasir CVC-ClinicDB=data/TestDataset/CVC-ClinicDB \\
         ETIS=data/TestDataset/ETIS-LaribPolypDB                  # one table row per dataset
     python scripts/evaluate.py --images other/images --masks other/masks   # every image of one folder pair
 

@@ -54,6 +54,8 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
             paths += found
         elif path.is_file():
             paths.append(path)
+        elif not path.exists():
+            raise UserError(f"{path} does not exist; give an image file or a folder of images.")
         else:
             raise UserError(f"{path} is neither an image file nor a folder.")
     by_stem = {}

@@ -28,6 +28,7 @@ from common.background import BackgroundWriter
 from common.config import Settings, flag_name, parse_settings, script_constants
 from common.device import autocast, autocast_dtype, configure_fast_path, describe_device, resolve_device, use_threads
 from common.distributed import (
+    STOP_CHECK_STEPS,
     Processes,
     agreed_stop,
     barrier,
@@ -81,7 +82,7 @@ from utils.visualization import can_show_windows, panel_figure, save_figure, sho
 
 # ----------------------------------------------------------------------------------------------------------
 # Data
-DATASETS = ["kvasir"]  # what to train on: kvasir, NAME=FOLDER (with images/, masks/) or NAME=IMAGES:MASKS; mixed
+DATASETS = ["kvasir"]  # what to train on (several are mixed): kvasir, NAME=FOLDER or NAME=IMAGES:MASKS
 DATA_DIR = "data"  # holds Kvasir-SEG/ or kvasir-seg.zip (downloaded here when neither is present), and the cache
 DATA_URL = kvasir.KVASIR_SEG_URL  # where to download the zip from
 IMAGE_SIZE = 256  # images and masks are resized to IMAGE_SIZE x IMAGE_SIZE
@@ -101,7 +102,7 @@ WEIGHT_DECAY = 1e-4  # L2 penalty on the weights (decoupled with adamw)
 DECAY_NORMS_AND_BIASES = True  # apply WEIGHT_DECAY to BatchNorm and bias parameters too (False: conv weights only)
 SCHEDULE = "cosine"  # learning rate after warm-up: constant, or cosine decay to zero (per step)
 WARMUP_EPOCHS = 3  # linear warm-up from 0 to LEARNING_RATE over this many epochs, at most a tenth of the run
-LOSS = "bce_dice"  # bce_dice: BCE_WEIGHT * BCE + DICE_WEIGHT * (1 - soft Dice); structure: PraNet's boundary-weighted
+LOSS = "bce_dice"  # bce_dice: BCE_WEIGHT * BCE + DICE_WEIGHT * (1 - soft Dice); structure: boundary-weighted BCE + IoU
 BCE_WEIGHT = 1.0  # weight of the pixel-wise BCE in the bce_dice loss
 DICE_WEIGHT = 1.0  # weight of the soft Dice loss in the bce_dice loss
 DEEP_SUPERVISION = 0.0  # 0: off; else the weight of auxiliary losses on the 2 coarser decoder levels (training only)

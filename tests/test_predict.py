@@ -1,6 +1,7 @@
 """scripts/predict.py: masks and overlays at each input's own size, for grey, RGBA and RGB inputs; a run never
 replaces an input or a file it did not write."""
 
+import os
 import sys
 
 import cv2
@@ -51,7 +52,8 @@ def test_script_writes_a_mask_and_an_overlay_per_input(tmp_path):
 @pytest.mark.parametrize(
     ("layout", "message"),
     [
-        ({"missing.png": None}, "neither an image file nor a folder"),
+        ({"missing.png": None}, r"missing\.png does not exist; give an image file or a folder of images"),
+        ({"pipe.png": "fifo"}, "neither an image file nor a folder"),
         ({"empty/": None}, "holds no images"),
         ({"a/polyp.png": 3, "b/polyp.jpg": 3}, "would both write polyp_mask.png"),
     ],
@@ -61,6 +63,8 @@ def test_bad_inputs_are_refused_with_a_clear_message(tmp_path, layout, message):
         path = tmp_path / relative
         if relative.endswith("/"):
             path.mkdir()
+        elif channels == "fifo":
+            os.mkfifo(path)
         elif channels:
             path.parent.mkdir(exist_ok=True)
             write_image(path, channels, 8, 8)
