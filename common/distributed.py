@@ -15,8 +15,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from common.errors import UserError
 
-STOP_CHECK_STEPS = 10  # processes agree every this many training steps whether a Ctrl-C/SIGTERM came to any of them
-
 
 @dataclass(frozen=True)
 class Processes:

@@ -26,24 +26,26 @@ def check_output_paths(output_dir: Path, checkpoint_path: Path, example: str) ->
     writable_folder(checkpoint_path.parent, "CHECKPOINT_PATH's folder")
 
 
-def claim_run_files(output_dir: Path, checkpoint_path: Path, resuming: bool, overwrite: bool) -> None:
+def claim_run_files(output_dir: Path, checkpoint_path: Path, resuming: bool, overwrite: bool, describe=None) -> None:
     """Never let a new run silently destroy an earlier one: refuse while the paths hold an earlier run's files,
-    unless `overwrite`, which removes them first (so no old panel is left beside the new ones). Call it holding the
-    run's locks, so that it never removes the files of a run still going."""
+    unless `overwrite`, which removes them first (so no old panel is left beside the new ones). `describe()`, when
+    given, says what the earlier run is and which way on fits. Call it holding the run's locks, so that it never
+    removes the files of a run still going."""
     earlier = [] if resuming else run_files(output_dir, checkpoint_path)
     if earlier and not overwrite:
+        ways = "continue that run with --resume, keep it by giving this run another --output-dir and --checkpoint-path,"
         raise UserError(
-            f"an earlier run's files are in the way ({first_few(earlier, 3)}); continue that run with --resume, keep"
-            " it by giving this run another --output-dir and --checkpoint-path, or replace it with --overwrite."
+            f"an earlier run's files are in the way ({first_few(earlier, 3)})"
+            + (f": {describe()}" if describe else f"; {ways} or replace it with --overwrite.")
         )
     for path in earlier:
         path.unlink()
 
 
 @contextlib.contextmanager
-def held_run_folder(output_dir: Path, checkpoint_path: Path, resuming: bool, overwrite: bool):
+def held_run_folder(output_dir: Path, checkpoint_path: Path, resuming: bool, overwrite: bool, describe=None):
     """Hold the run's output folder and checkpoint against other runs for the block, after tidying what a killed
-    run left and claiming the paths (see claim_run_files)."""
+    run left and claiming the paths (see claim_run_files, which `describe` is passed to)."""
     with (
         exclusive_lock(output_dir / "train.lock", str(output_dir)),
         exclusive_lock(checkpoint_path.with_suffix(".lock"), str(checkpoint_path)),
@@ -54,5 +56,5 @@ def held_run_folder(output_dir: Path, checkpoint_path: Path, resuming: bool, ove
             (checkpoint_path.parent, checkpoint_path.name),
         ):
             remove_stale_temporaries(folder, name)  # left by a run killed mid-write; never read, only tidied
-        claim_run_files(output_dir, checkpoint_path, resuming, overwrite)
+        claim_run_files(output_dir, checkpoint_path, resuming, overwrite, describe)
         yield

@@ -2,19 +2,25 @@
 sweep that runs trainings, and around writes that must not leave partial files.
 
 - `StopRequest`: the training loop's main process turns the first signal into a flag it checks after each step,
-  so it can save and stop cleanly.
+  so it can save and stop cleanly; a step that has not ended a few seconds later is dropped instead.
 - `worker_init`: DataLoader workers leave the first signal to the main process.
 - `SignalForwarder`: the sweep records the signals and passes each one, once, to the runs it started.
 - `sigterm_cleans_up`: SIGTERM stops a process through Python's clean-up, so interrupted work leaves no partial files.
 """
 
 import contextlib
+import os
+import select
 import signal
+import socket
 import sys
 import threading
+import time
+from pathlib import Path
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SIGTERM_STATUS = 128 + signal.SIGTERM  # the shell convention for a process stopped by SIGTERM: 143
+GRACE_SECONDS = 5.0  # how long the step in progress may take to end after a signal before the run stops without it
 
 
 def exit_status(number: int) -> int:
@@ -42,22 +48,69 @@ class SignalHandler:
 
 class StopRequest(SignalHandler):
     """While active (`with StopRequest() as stop:`), the first SIGINT/SIGTERM sets `stop.requested` instead
-    of raising mid-step; a second one raises KeyboardInterrupt at once, unless `escalate` is False (under torchrun,
-    whose launcher passes the terminal's signal on to every process a second time).
+    of raising mid-step; a second one, once the loop has seen the first, raises KeyboardInterrupt at once, unless
+    `escalate` is False (under torchrun, whose launcher passes the terminal's signal on to every process a second
+    time). The previous handlers come back on exit.
+
+    With `escalate`, a watcher thread also hears each signal as it arrives (through signal.set_wakeup_fd), even while
+    the main thread is inside one long call that Python cannot interrupt, such as a backward pass of many seconds
+    on a CPU. If the loop has not seen `requested` within `grace` seconds of the first signal, or a second signal
+    comes before it has, the process ends at once with the signal's exit status: the step in progress is dropped,
+    and `state_path` keeps the last state saved (files are written atomically, so none is left half-written).
     """
 
-    def __init__(self, escalate: bool = True):
-        self.escalate = escalate
+    def __init__(self, escalate: bool = True, grace: float = GRACE_SECONDS, state_path: Path | None = None):
+        self.escalate, self.grace, self.state_path = escalate, grace, state_path
         self.signal_name = None
+        self._seen = threading.Event()  # the loop has seen the request: it is saving and stopping by itself
+        self._watcher, self._first, self._deadline = None, 0, 0.0  # the watcher's: the first signal, and when
+
+    def __enter__(self):
+        super().__enter__()
+        if self.escalate:
+            self._watcher = _SignalWatcher(self._watch)
+        return self
+
+    def __exit__(self, *exception):
+        if self._watcher:
+            self._watcher.close()
+        super().__exit__(*exception)
 
     def handle(self, number, _frame) -> None:
         if self.signal_name is not None:
-            if self.escalate:
+            if self.escalate and self._seen.is_set():
                 raise KeyboardInterrupt
-            return
+            return  # under torchrun; or before the loop has seen the first, when the watcher stops the run
         self.signal_name = signal.Signals(number).name
-        again = " (again to stop at once)" if self.escalate else ""
+        again = f" (without it if it has not ended in {self.grace:g} s, or at a second signal)" if self.escalate else ""
         print(f"\n{self.signal_name} received: saving after this step to resume later{again}")
+
+    def _watch(self, numbers: list[int], deadline_passed: bool) -> float | None:
+        """The watcher's decision after signals `numbers` arrived (or its wait ended): the seconds to wait for
+        more, None for no limit; it ends the process when the loop has not seen the request in time."""
+        if self._seen.is_set():
+            return None
+        if numbers and not self._first:
+            self._first, self._deadline = numbers[0], time.monotonic() + self.grace
+            numbers = numbers[1:]
+        if not self._first:
+            return None
+        if numbers or deadline_passed or time.monotonic() >= self._deadline:
+            self._stop_now()
+        return max(0.0, self._deadline - time.monotonic())
+
+    def _stop_now(self) -> None:
+        """End the process now, saying what the last save kept (the main thread may be anywhere in its work)."""
+        if self.state_path and self.state_path.is_file():
+            age = time.time() - self.state_path.stat().st_mtime
+            kept = f"{self.state_path} keeps the state saved {age:.0f} s before; continue with --resume"
+        else:
+            kept = "no resumable state was saved yet"
+        name, seconds = signal.Signals(self._first).name, f"{self.grace:g} s"
+        message = f"\n{name}: stopped without the step in progress, which had not ended {seconds} on; {kept}\n"
+        sys.stdout.flush()  # what the run printed so far, then the message, unbuffered
+        os.write(1, message.encode())
+        os._exit(exit_status(self._first))
 
     @property
     def number(self) -> int:
@@ -71,12 +124,65 @@ class StopRequest(SignalHandler):
 
     @property
     def requested(self) -> bool:
+        """Whether a stop was asked for. Reading True tells the watcher that the loop is stopping by itself."""
+        if self.signal_name is not None:
+            self._seen.set()
         return self.signal_name is not None
 
     @property
     def exit_status(self) -> int:
         """130 for SIGINT, 143 for SIGTERM."""
         return exit_status(self.number)
+
+
+class _SignalWatcher:
+    """A thread told of every signal the moment it arrives, whatever the main thread is doing: Python writes each
+    signal's number to a socket (signal.set_wakeup_fd) before its handler can run. It calls `decide(numbers,
+    deadline_passed)`, which returns how long to wait for the next signals (None: no limit)."""
+
+    def __init__(self, decide):
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
+        self._previous = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        self._decide, self._closing = decide, False
+        _WATCHED.extend([self._reader, self._writer])
+        self._thread = threading.Thread(target=self._run, name="signal watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        timeout = None
+        while True:
+            ready, _, _ = select.select([self._reader], [], [], timeout)
+            data = self._reader.recv(64) if ready else b""
+            if self._closing:
+                return
+            timeout = self._decide([number for number in data if number in SIGNALS], deadline_passed=not ready)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous)
+        self._closing = True
+        self._writer.send(b"\0")  # wakes the thread, which returns
+        self._thread.join()
+        _WATCHED.clear()
+        self._reader.close()
+        self._writer.close()
+
+
+_WATCHED = []  # the active watcher's sockets
+
+
+def _forget_watcher_in_child() -> None:
+    """In a process forked while a watcher runs (a DataLoader worker): its signals are its own, so they must not
+    reach the parent's watcher through the inherited wakeup socket."""
+    if _WATCHED:
+        with contextlib.suppress(ValueError):  # only a main thread may set it
+            signal.set_wakeup_fd(-1)
+        for sock in _WATCHED:
+            sock.close()
+        _WATCHED.clear()
+
+
+os.register_at_fork(after_in_child=_forget_watcher_in_child)
 
 
 def worker_init(_worker_id: int) -> None:

@@ -28,7 +28,6 @@ from common.background import BackgroundWriter
 from common.config import Settings, flag_name, parse_settings, script_constants
 from common.device import autocast, autocast_dtype, configure_fast_path, describe_device, resolve_device, use_threads
 from common.distributed import (
-    STOP_CHECK_STEPS,
     Processes,
     agreed_stop,
     barrier,
@@ -136,7 +135,7 @@ CHOICES = {
 # What --resume may change: how the run is carried out, and EPOCHS (train longer); never the recipe.
 RESUME_MAY_CHANGE = (
     "DATA_DIR", "DATA_URL", "CACHE", "NUM_WORKERS", "DEVICE", "COMPILE", "THREADS", "PANEL_EVERY", "PANEL_IMAGES",
-    "SHOW_PANELS", "SAVE_EVERY", "OUTPUT_DIR", "CHECKPOINT_PATH", "RESUME", "OVERWRITE", "EPOCHS",
+    "SHOW_PANELS", "SAVE_EVERY", "STOP_CHECK_STEPS", "OUTPUT_DIR", "CHECKPOINT_PATH", "RESUME", "OVERWRITE", "EPOCHS",
 )  # fmt: skip
 # ----------------------------------------------------------------------------------------------------------
 
@@ -174,6 +173,7 @@ def check_settings(config: dict) -> None:
         (config["NUM_WORKERS"] >= -1, "NUM_WORKERS must be >= 0, or -1 to pick one per CPU core"),
         (0 <= config["SEED"] < 2**32, "SEED must be a whole number from 0 to 2**32 - 1"),
         (config["SAVE_EVERY"] >= 0, "SAVE_EVERY must be >= 0 seconds"),
+        (config["STOP_CHECK_STEPS"] >= 1, "STOP_CHECK_STEPS must be at least 1"),
     ]
     for ok, message in rules:
         if not ok:
@@ -276,7 +276,36 @@ def held_outputs(run: Run, resuming: bool):
     process writes, so only it holds them."""
     if not run.processes.is_main:
         return contextlib.nullcontext()
-    return held_run_folder(run.output_dir, run.checkpoint_path, resuming, overwrite=run.config["OVERWRITE"])
+    describe = functools.partial(earlier_run, run.config, run.last_path, run.checkpoint_path)
+    return held_run_folder(run.output_dir, run.checkpoint_path, resuming, run.config["OVERWRITE"], describe)
+
+
+def earlier_run(config: dict, last_path: Path, checkpoint_path: Path) -> str:
+    """What the run that wrote `last_path` (or else `checkpoint_path`) is, and which way on fits this run."""
+    choices = "keep it by giving this run another --output-dir and --checkpoint-path, or replace it with --overwrite"
+    path = last_path if last_path.is_file() else checkpoint_path
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        saved = {**script_constants(globals()), **state["config"]}
+        epoch, step, done = state["epoch"], state.get("step", 0), len(state.get("history", []))
+        epochs, recipe = saved["EPOCHS"], ", ".join(saved.get("RECIPES", [])) or "the defaults"
+    except Exception:  # an unreadable or foreign file: nothing to say about it, nor to resume
+        return f"{path} is not a run of this script that can be resumed; {choices}."
+    if path != last_path:
+        return f"{path} holds the best model (epoch {epoch}) of a run of {recipe}, not resumable; {choices}."
+    if done < epochs:
+        what = f"a run of {recipe} stopped at epoch {epoch} step {step} ({done} of {epochs} epochs done)"
+    else:
+        what = f"a finished run of {recipe} ({epochs} epochs)"
+    kept = (*RESUME_MAY_CHANGE, "RECIPES")  # the recipe is its settings' values, whichever files gave them
+    differs = [name for name in saved if name not in kept and saved[name] != config.get(name, saved[name])]
+    if differs:
+        named = f"{', '.join(map(flag_name, differs[:3]))} differ{'s' * (len(differs) == 1)}"
+        return f"{path} holds {what}, not this run's recipe ({named}); {choices}."
+    way_on = (
+        "continue it with --resume" if done < epochs else f"train it longer with --resume --epochs {epochs + 1} or more"
+    )
+    return f"{path} holds {what} with this run's recipe: {way_on}, or {choices}."
 
 
 def prepare_training(run: Run) -> Training:
@@ -533,7 +562,9 @@ def main() -> int:
         announce_training(run, training, steps_per_epoch * config["EPOCHS"])
         # 5. Train, saving the resumable state at the end or on Ctrl-C/SIGTERM
         with (
-            StopRequest(escalate=not run.processes.distributed) as stop,  # torchrun passes a second signal on
+            # a lone process stops without a step that has not ended 5 s after a signal (the last save stays);
+            # under torchrun, whose launcher passes a second signal on, every process saves after its step
+            StopRequest(escalate=not run.processes.distributed, state_path=run.last_path) as stop,
             BackgroundWriter() as writer,
             saved_on_error(run, training, progress, data.record),
         ):

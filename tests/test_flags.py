@@ -157,10 +157,12 @@ def test_the_check_finds_a_setting_that_changes_nothing(tmp_path):
     assert unread_settings(script, ["SIZE", "DEAD", "TTA", "LISTED"]) == ["DEAD", "LISTED"]
 
 
-def test_imported_and_internal_constants_are_not_flags():
-    flags = help_flags("train")
-    assert "--threshold" not in flags and "--stop-check-steps" not in flags
-    assert {"--threads", "--save-every", "--overwrite"} <= set(flags)
+def test_an_imported_constant_is_no_flag_and_stop_check_steps_is_a_run_setting():
+    flags, text = help_flags("train"), help_text("train")
+    assert "--threshold" not in flags and {"--threads", "--save-every", "--overwrite"} <= set(flags)
+    run_heading = text.index("\nRun:\n")
+    assert run_heading < text.index("--stop-check-steps") < text.index("--output-dir")  # not under "What --resume ..."
+    assert "What --resume may change" not in text
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -183,3 +184,78 @@ def test_a_stop_taken_from_another_process_exits_with_its_signal():
         assert stop.requested and stop.exit_status == 143
         stop.adopt(signal.SIGINT)  # the first reason stays
         assert stop.exit_status == 143
+
+
+# A process whose "step" is one call that does not return for 60 s (as a long backward pass on a CPU), inside
+# StopRequest; it prints "stepping" when the call starts, and reads `stop.requested` only after it.
+LONG_STEP = """
+import sys, threading, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from common.signals import StopRequest
+with StopRequest(grace=1.0, state_path=Path(sys.argv[2])) as stop:
+    print("stepping", flush=True)
+    threading.Event().wait(float(sys.argv[3]))  # a signal's handler runs, but the wait goes on
+    print("step ended; requested:", stop.requested, flush=True)
+    time.sleep(float(sys.argv[4]))  # saving, after the loop has seen the request
+print("stopped by itself", flush=True)
+"""
+
+
+def run_long_step(tmp_path, signals, step_seconds=60, save_seconds=0):
+    """Start LONG_STEP, send `signals` (pauses in seconds between them) once it steps; (status, stdout, seconds
+    from the first signal to the exit)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", LONG_STEP, str(REPO), str(tmp_path / "last.pth"), str(step_seconds), str(save_seconds)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout.readline() == "stepping\n"
+    sent = time.monotonic()
+    for pause, number in signals:
+        time.sleep(pause)
+        process.send_signal(number)
+    stdout, _ = process.communicate(timeout=30)
+    return process.returncode, stdout, time.monotonic() - sent
+
+
+def test_a_step_that_does_not_end_within_the_grace_is_dropped_and_the_last_save_kept(tmp_path):
+    (tmp_path / "last.pth").write_bytes(b"the state saved before the step")
+    status, stdout, seconds = run_long_step(tmp_path, [(0, signal.SIGINT)])
+    assert status == 130 and seconds < 10  # 1 s of grace, not the step's 60 s
+    assert "SIGINT: stopped without the step in progress, which had not ended 1 s on;" in stdout
+    assert f"{tmp_path / 'last.pth'} keeps the state saved" in stdout and "continue with --resume" in stdout
+    assert "step ended" not in stdout
+
+
+def test_a_second_signal_during_a_long_step_stops_at_once(tmp_path):
+    status, stdout, seconds = run_long_step(tmp_path, [(0, signal.SIGTERM), (0.2, signal.SIGINT)])
+    assert status == 143 and seconds < 1.0 + 0.9  # before the 1 s of grace ran out
+    assert "SIGTERM: stopped without the step in progress" in stdout and "no resumable state was saved yet" in stdout
+
+
+def test_a_step_that_ends_within_the_grace_saves_however_long_saving_takes(tmp_path):
+    status, stdout, _ = run_long_step(tmp_path, [(0, signal.SIGINT)], step_seconds=0.3, save_seconds=2)
+    assert status == 0, stdout
+    assert "step ended; requested: True" in stdout and "stopped by itself" in stdout
+    assert "stopped without" not in stdout
+
+
+FORKED_WORKER = """
+import os, signal, sys, threading
+sys.path.insert(0, sys.argv[1])
+from common.signals import StopRequest
+with StopRequest(grace=0.5) as stop:
+    worker = os.fork()  # as a DataLoader worker is started
+    if worker == 0:
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        os.kill(os.getpid(), signal.SIGTERM)  # a signal to the worker alone (as DataLoader ends a stuck one)
+        os._exit(0)
+    os.waitpid(worker, 0)
+    threading.Event().wait(2)
+    print("still running; requested:", stop.requested)
+"""
+
+
+def test_a_signal_to_a_forked_worker_alone_does_not_stop_the_run():
+    result = subprocess.run([sys.executable, "-c", FORKED_WORKER, str(REPO)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout == "still running; requested: False\n", result.stdout

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from dataset.splits import make_split
 from dataset.synthetic import make_kvasir_folder
 from model import build_unet
 from tests.scripts import REPO, run_script
-from tests.train_runs import TINY, error_line, read_history, train, train_in_process
+from tests.train_runs import TINY, error_line, read_history, run_in_process, train, train_in_process
 from utils.training import probed_seconds
 from utils.validation import THRESHOLDS
 
@@ -121,6 +122,7 @@ def test_bad_setting_is_refused_by_the_script_before_any_work(tmp_path):
         (["--num-workers=-5"], "NUM_WORKERS must be >= 0, or -1 to pick one per CPU core"),
         (["--base-channels", "100000", "--depth", "4"], "has 75,740,023 M parameters, more than the 2,000 M"),
         (["--save-every=-1"], "SAVE_EVERY must be >= 0 seconds"),
+        (["--stop-check-steps", "0"], "STOP_CHECK_STEPS must be at least 1"),
         (["--grad-clip", "nan"], "GRAD_CLIP must be >= 0"),
         (["--loss", "focal"], "LOSS must be one of bce_dice, structure"),
     ],
@@ -166,12 +168,34 @@ def test_a_new_run_does_not_replace_an_earlier_one_unless_told(kvasir_dir, tmp_p
     assert f"an earlier run's files are in the way ({run / 'best.pth'}, {run / 'last.pth'}, {run / 'history.csv'}" in (
         message
     )
-    assert message.endswith("or replace it with --overwrite.")
+    assert message.endswith(
+        f"{run / 'last.pth'} holds a finished run of the defaults (2 epochs) with this run's recipe: train it longer"
+        " with --resume --epochs 3 or more, or keep it by giving this run another --output-dir and --checkpoint-path,"
+        " or replace it with --overwrite."
+    )
     assert {name: (run / name).read_bytes() for name in before} == before
     status, _, stderr = train_in_process(tmp_path, "--epochs", "1", "--panel-every", "1", "--overwrite")
     assert status == 0, stderr[-2000:]
     assert [row["epoch"] for row in read_history(run / "history.csv")] == ["1"]
     assert sorted(path.name for path in (run / "panels").iterdir()) == ["epoch_001.png"]  # no old panel left
+
+
+def test_the_refusal_says_what_the_earlier_run_is_and_which_way_on_fits(kvasir_dir, tmp_path):
+    assert train_in_process(tmp_path, "--epochs", "2")[0] == 0
+    last = tmp_path / "run" / "last.pth"
+    state = torch.load(last, weights_only=True)
+    state.update(epoch=2, step=1, history=state["history"][:1])  # as if stopped by Ctrl-C in its second epoch
+    torch.save(state, last)
+    status, _, stderr = train_in_process(tmp_path, "--epochs", "2")
+    assert status == 2 and (
+        f"{last} holds a run of the defaults stopped at epoch 2 step 1 (1 of 2 epochs done) with this run's recipe:"
+        " continue it with --resume, or keep it" in error_line(stderr)
+    )
+    status, _, stderr = train_in_process(tmp_path, "--epochs", "2", "--warmup-epochs", "1")
+    assert status == 2 and (
+        f"{last} holds a run of the defaults stopped at epoch 2 step 1 (1 of 2 epochs done), not this run's recipe"
+        " (--warmup-epochs differs); keep it by giving this run another --output-dir" in error_line(stderr)
+    )
 
 
 def test_resume_trains_longer_but_refuses_to_change_the_recipe(kvasir_dir, tmp_path):
@@ -262,6 +286,21 @@ def test_the_full_recipe_on_a_cpu_is_announced_with_the_quick_alternative(tmp_pa
     assert status == 2  # stopped by the download; the note came first, before any data or training
     assert "note: this is the full GPU-sized recipe (256 px, base width 64, 100 epochs) on a CPU" in stdout
     assert "python scripts/train.py configs/cpu_quick.py" in stdout
+
+
+def test_after_a_stopped_full_run_the_quick_recipe_runs_in_its_own_folder(kvasir_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default OUTPUT_DIR and CHECKPOINT_PATH, as a new user has them
+    where = ["--data-dir", str(kvasir_dir), "--no-show-panels", *TINY]
+    assert run_in_process(["--device", "cpu", *where, "--epochs", "1"])[0] == 0
+    Path("models/unet_kvasirseg.pth").unlink()  # as after Ctrl-C in the first epoch: only outputs/last.pth
+    for path in Path("outputs").rglob("*"):
+        if path.is_file() and path.name != "last.pth":
+            path.unlink()
+    stopped = Path("outputs/last.pth").read_bytes()
+    status, stdout, stderr = run_in_process([str(REPO / "configs" / "cpu_quick.py"), *where, "--epochs", "1"])
+    assert status == 0, stderr[-2000:]
+    assert Path("outputs/cpu_quick/last.pth").is_file() and Path("outputs/cpu_quick/history.csv").is_file()
+    assert Path("outputs/last.pth").read_bytes() == stopped  # the stopped run is kept, resumable
 
 
 def test_the_time_probe_leaves_the_weights_statistics_and_random_state_alone():

@@ -29,9 +29,14 @@ def train(tmp_path, *flags, name="run", check=True):
 
 
 def train_in_process(tmp_path, *flags, name="run") -> tuple[int, str, str]:
-    """Run the script's `main` through `run_main` here; return (exit status, stdout, stderr)."""
+    """Run the script's `main` through `run_main` here on `command_line`; return (exit status, stdout, stderr)."""
+    return run_in_process(command_line(tmp_path, *flags, name=name))
+
+
+def run_in_process(arguments: list[str]) -> tuple[int, str, str]:
+    """Run the script's `main` through `run_main` here with these arguments; return (exit status, stdout, stderr)."""
     stdout, stderr = io.StringIO(), io.StringIO()
-    argv = ["train.py", *command_line(tmp_path, *flags, name=name)]
+    argv = ["train.py", *arguments]
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), _patched_argv(argv):
         try:
             run_main(train_script.main)
