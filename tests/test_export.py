@@ -15,7 +15,7 @@ from tests.checkpoints import save_untrained_checkpoint
 from tests.scripts import load_script, run_script
 from utils.inference import OnnxPredictor, Predictor
 
-onnx = pytest.importorskip("onnx")  # these tests need requirements-export.txt (.ci/run installs it)
+onnx = pytest.importorskip("onnx")  # requirements-export.txt, which requirements-test.txt includes
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
