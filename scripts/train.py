@@ -1,7 +1,7 @@
 """Train a U-Net on Kvasir-SEG: get the data, train with BCE+Dice, validate every epoch, keep the best model.
 
     python scripts/train.py                              # the defaults below: the best recipe measured
-    python scripts/train.py configs/cpu_quick.py         # a few minutes on a laptop CPU
+    python scripts/train.py configs/cpu_quick.py         # 12 min on a busy 2-core CPU (load 18-21)
     python scripts/train.py configs/seed.py --epochs 3   # a recipe file, then flags on top of it
     python scripts/train.py --resume                     # continue a stopped run from OUTPUT_DIR/last.pth
     python scripts/train.py --resume --epochs 150        # ... or train a finished one for longer
@@ -457,7 +457,7 @@ def train(run: Run, training: Training, data: TrainingData, progress: Progress, 
     loss_fn = make_loss(config["LOSS"], config["BCE_WEIGHT"], config["DICE_WEIGHT"])  # also validation's loss
     train_loss_fn = deeply_supervised(loss_fn, config["DEEP_SUPERVISION"]) if config["DEEP_SUPERVISION"] else loss_fn
     learning_rate = learning_rate_schedule(config, steps_per_epoch)
-    batches, estimate = iter(data.train_loader), TimeEstimate(run.device)
+    batches, estimate = iter(data.train_loader), TimeEstimate(run.device, steps_per_epoch)
     periodic_save = PeriodicSave(config["SAVE_EVERY"])
     start_global_step, stopping = progress.global_step, False
     while progress.epoch <= epochs and not stopping:

@@ -30,7 +30,7 @@ def test_run_writes_checkpoint_panels_and_history(trained):
     tmp_path, result, _ = trained
     run = tmp_path / "run"
     assert "device: cpu" in result.stdout and "val Dice" in result.stdout
-    assert "estimated time: " in result.stdout and "steps left" in result.stdout
+    assert "estimated time left: " in result.stdout and "steps left" in result.stdout
     assert sorted(p.name for p in (run / "panels").iterdir()) == ["epoch_002.png", "epoch_003.png"]
     history = read_history(run / "history.csv")
     assert [row["epoch"] for row in history] == ["1", "2", "3"]

@@ -104,9 +104,39 @@ def test_durations_read_as_a_person_says_them(seconds, text):
     assert format_duration(seconds) == text
 
 
-def test_the_estimate_comes_once_after_the_timed_steps_and_leaves_out_the_first():
-    estimate, written = TimeEstimate(torch.device("cpu"), timed_steps=2), []
-    messages = [estimate.step_done(steps_left, write=written.append) for steps_left in (99, 98, 97, 96)]
-    assert messages[:2] == [None, None] and messages[3] is None
-    assert written == [messages[2]] and messages[2].startswith("estimated time: ")
-    assert "for the 97 steps left" in messages[2]
+class FakeClock:
+    """A clock that a test moves forward by hand."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_estimate_comes_after_30_s_of_steps_then_at_doubling_times_at_the_recent_pace():
+    clock, written = FakeClock(), []
+    estimate = TimeEstimate(torch.device("cpu"), steps_per_epoch=1000, clock=clock)
+    messages = []
+    for step, seconds in enumerate([5.0] + [1.0] * 30 + [3.0] * 20 + [1.0] * 60):  # the first step: start-up
+        clock.now += seconds
+        messages.append(estimate.step_done(1000 - step - 1, write=written.append))
+    readings = [(step, message) for step, message in enumerate(messages) if message]
+    assert [step for step, _ in readings] == [30, 40, 80]  # 30, 60 and 120 s after the first step
+    assert written == [message for _, message in readings]
+    assert readings[0][1].startswith("estimated time left: 16 min for the 969 steps left (1.00 s each over the last")
+    assert "48 min for the 959 steps left (3.00 s each over the last 30 s; validation" in readings[1][1]  # busier
+    assert "23 min for the 919 steps left (1.50 s each over the last 60 s" in readings[2][1]
+
+
+def test_a_short_first_epoch_gives_its_estimate_at_its_end_including_validation_afterwards():
+    clock, written = FakeClock(), []
+    estimate = TimeEstimate(torch.device("cpu"), steps_per_epoch=4, clock=clock)
+    for steps_left in (11, 10, 9, 8, 7, 6, 5, 4):
+        clock.now += 1.0 if steps_left % 4 != 3 else 11.0  # each epoch's first step also pays for validation
+        estimate.step_done(steps_left, write=written.append)
+    assert written == [
+        "estimated time left: 8 s for the 8 steps left (1.00 s each over the last 3 s; validation comes on top)"
+    ]
+    clock.now += 60
+    assert "validation included" in estimate.step_done(3, write=written.append)

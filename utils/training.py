@@ -115,30 +115,57 @@ def format_duration(seconds: float) -> str:
 
 
 class TimeEstimate:
-    """Prints once, after the first few steps of a run, how long the whole run will take at that pace.
+    """Prints how long the rest of the run will take at its recent pace: first after `first_seconds` of steps (or
+    after the first epoch's last step, when that comes sooner), then each time the run has trained twice as long as
+    at the previous estimate, at the pace since then, so that it follows a machine whose load changes.
 
-    The first step is left out of the timing (it pays for start-up: worker processes, cuDNN autotuning,
-    compilation); the device is synchronised before each reading, so the time is that of the work, not its launch.
+    The first step is left out (it pays for start-up: worker processes, cuDNN autotuning, compilation). The device
+    is synchronised only for a reading, so the time is that of the work, not its launch. `steps_left` counts to the
+    run's last step, so an epoch ends wherever it is a multiple of `steps_per_epoch`; a pace measured across an
+    epoch's end includes its validation and saving.
     """
 
-    def __init__(self, device: torch.device, timed_steps: int = 3):
-        self.device, self.timed_steps = device, timed_steps
-        self.steps_done, self.started = 0, 0.0
+    def __init__(
+        self, device: torch.device, steps_per_epoch: int, first_seconds: float = 30.0, clock=time.perf_counter
+    ):
+        self.device, self.steps_per_epoch, self.clock = (
+            device,
+            steps_per_epoch,
+            clock,
+        )  # clock: a test's, unsynchronised
+        self.first_seconds, self.readings, self.steps_done = first_seconds, 0, 0
+        self.started = self.window_start = 0.0
+        self.window_steps, self.window_has_epoch_end = 0, False
 
     def step_done(self, steps_left: int, write=print) -> str | None:
-        """Count one step; after the timed ones, write (and return) the estimate for the `steps_left` steps."""
+        """Count one step; when a reading is due, write (and return) the estimate for the `steps_left` steps."""
         self.steps_done += 1
+        ends_epoch = steps_left % self.steps_per_epoch == 0
         if self.steps_done == 1:
-            self.started = synchronized_clock(self.device)
-        elif self.steps_done == 1 + self.timed_steps:
-            per_step = (synchronized_clock(self.device) - self.started) / self.timed_steps
-            message = (
-                f"estimated time: {format_duration(per_step * steps_left)} for the {steps_left} steps left"
-                f" ({per_step:.2f} s each; validation comes on top)"
-            )
-            write(message)
-            return message
-        return None
+            self.started = self.window_start = self._now(synchronized=True)
+            self.window_steps, self.window_has_epoch_end = 1, ends_epoch
+            return None
+        due = self.first_seconds * 2**self.readings
+        if not steps_left or (self._now() - self.started < due and not (ends_epoch and not self.readings)):
+            self.window_has_epoch_end |= ends_epoch
+            return None
+        now = self._now(synchronized=True)
+        per_step = (now - self.window_start) / (self.steps_done - self.window_steps)
+        validation = "validation included" if self.window_has_epoch_end else "validation comes on top"
+        message = (
+            f"estimated time left: {format_duration(per_step * steps_left)} for the {steps_left} steps left"
+            f" ({per_step:.2f} s each over the last {format_duration(now - self.window_start)}; {validation})"
+        )
+        self.readings += 1
+        self.window_start, self.window_steps, self.window_has_epoch_end = now, self.steps_done, ends_epoch
+        write(message)
+        return message
+
+    def _now(self, synchronized: bool = False) -> float:
+        """The clock: after waiting for the device when `synchronized` (only for a reading), else as it runs."""
+        if self.clock:
+            return self.clock()
+        return synchronized_clock(self.device) if synchronized else time.perf_counter()
 
 
 def gpu_sized_on_a_cpu(device: torch.device, image_size: int, base_channels: int) -> bool:
