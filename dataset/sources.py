@@ -159,3 +159,32 @@ def held_out_pairs(record: DataRecord, source: Source, part: str, data_dir) -> l
         raise UserError(f"--split must be {' or '.join(SCORED_PARTS)}, not {part!r}.")
     wanted = source_ids(source, getattr(record.split, part))
     return pairs_with_ids(source_pairs(source, data_dir), wanted, f"{source.name} {part}")
+
+
+def ensemble_record(records: list[DataRecord]) -> DataRecord:
+    """The record of an ensemble of models trained on `records`: validation images are those every member trained
+    on their dataset validated on, test images those every such member held out, and every other image any member
+    trained or validated on counts as trained on (so the folds of one partition have no validation image left, and
+    only data none of them saw is scored as held out)."""
+    sources = {}
+    for record in records:
+        for source in record.datasets:
+            if sources.setdefault(source.name, source) != source:
+                raise UserError(
+                    f"the checkpoints name two different datasets {source.name} ({sources[source.name]} and"
+                    f" {source}); an ensemble's members must agree on what each dataset name is."
+                )
+
+    def common(part: str) -> list[str]:
+        """The ids of `part` in the split of every member trained on their dataset."""
+        ids = []
+        for source in sources.values():
+            held = [set(source_ids(source, getattr(r.split, part))) for r in records if source in r.datasets]
+            ids += set.intersection(*held)
+        return sorted(ids)
+
+    val, test = common("val"), common("test")
+    seen = {sample_id for record in records for sample_id in record.split.train + record.split.val}
+    split = Split(sorted(seen - set(val)), val, test, all(record.split.official for record in records))
+    digests = {sample_id: digest for record in records for sample_id, digest in record.digests.items()}
+    return DataRecord(list(sources.values()), split, digests)

@@ -85,8 +85,8 @@ def carve_validation(
 ) -> Split:
     """The Split with a seeded `val_fraction` of `train_ids` held out for validation, or with `folds` their fold
     `fold` (the rest train)."""
+    check_folds(folds, fold)
     if folds:
-        check_folds(folds, fold)
         partition = fold_partition(train_ids, folds, seed)
         rest = sorted(i for number, part in enumerate(partition) if number != fold for i in part)
         return Split(rest, partition[fold], sorted(test_ids), official, folds, fold)
