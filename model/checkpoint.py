@@ -17,7 +17,7 @@ all the keys below:
 | `preprocessing` | `image_size`, the `mean` and `std` for RGB in [0, 1], and the `threshold` if training chose one |
 | `epoch`, `metrics` | the epoch it was saved at and its history row (`train_loss`, `val_loss`, `val_dice`, ...) |
 | `datasets` | the datasets trained on: `name`, and for a folder its `images` and `masks` folders and `test_list` |
-| `split` | the sample ids of the `train`, `val` and `test` parts, and whether the test ids are the `official` ones |
+| `split` | the ids of the `train`, `val` and `test` parts, whether the test ids are `official`, and `folds`, `fold` |
 | `digests` | a content digest of every training and validation image, so no copy of one is ever scored as held out |
 | `config` | every training setting of the run, for the record |
 | `step`, `step_losses` | last.pth only: the steps done of `epoch`, and the loss of each of them |

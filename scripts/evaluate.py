@@ -105,6 +105,8 @@ def scoring_targets(config: dict, record: DataRecord) -> list[Target]:
 
 def describe_part(source: Source, record: DataRecord, part: str) -> str:
     """How the scored part of a trained-on dataset is described in the report."""
+    if part == "val" and record.split.folds:
+        return f"fold {record.split.fold} of the {record.split.folds}-fold partition the checkpoint was chosen on"
     if part == "val":
         return "the validation carve-out the checkpoint was chosen on"
     if source.is_kvasir and record.split.official:

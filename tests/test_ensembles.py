@@ -16,21 +16,11 @@ from model import build_unet
 from model.checkpoint import data_record, load_checkpoint, load_members, save_checkpoint
 from tests.checkpoints import save_untrained_checkpoint
 from tests.scripts import load_script
+from tests.test_evaluate import ConstantLogit
 from utils.inference import THRESHOLD, EnsemblePredictor, Predictor, load_predictor
 
 evaluate = load_script("evaluate")
 SETTINGS = {"SPLIT": "test", "IMAGES": "", "MASKS": "", "DATASETS": []}
-
-
-class ConstantLogit(torch.nn.Module):
-    """The same logit at every pixel, whatever the input."""
-
-    def __init__(self, logit: float):
-        super().__init__()
-        self.logit = logit
-
-    def forward(self, x):
-        return torch.full((x.shape[0], 1, x.shape[2], x.shape[3]), self.logit)
 
 
 def preprocessing(size: int, threshold: float | None = None) -> dict:
@@ -177,3 +167,11 @@ def test_the_evaluation_report_names_the_members_and_the_threshold():
     line = evaluate.describe_speed({**report, "speed": speed, "device": "cpu"})
     assert "2 models alone, one after another, batches of 8 at 32 px" in line
     assert json.dumps(report)  # the JSON summary holds it as it is
+
+
+def test_a_fold_checkpoint_scores_its_own_fold_with_split_val(kvasir_dir, tmp_path):
+    folder = fold_checkpoints(tmp_path, kvasir_dir)
+    record = data_record(load_members([str(folder / "fold1" / "best.pth")]))
+    (target,) = evaluate.scoring_targets({**SETTINGS, "SPLIT": "val", "DATA_DIR": kvasir_dir}, record)
+    assert [pair[0] for pair in target.pairs] == record.split.val and record.split.fold == 1
+    assert target.description.endswith("fold 1 of the 2-fold partition the checkpoint was chosen on")
