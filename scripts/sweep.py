@@ -390,7 +390,7 @@ def write_ranking(runs: list[RecipeRun], config: dict) -> str:
     markdown = "\n".join([
         f"# Recipe ranking: {len(runs)} runs in {sweep_dir}",
         "",
-        "Val Dice / IoU: per-image mean on each run's validation carve-out at each mask's full size, by"
+        "Val Dice / IoU: per-image mean on each run's validation images at each mask's full size, by"
         " scripts/evaluate.py, with TTA (flips averaged) and without; val Dice at train size: train.py's best epoch"
         f" at IMAGE_SIZE; train minutes and images/s: train.py's summary.json, end to end.{folds_note}{test_note}",
         "",
