@@ -206,7 +206,7 @@ def test_ranking_of_folds_takes_the_mean_and_spread_over_folds(tmp_path):
         runs.append(run)
     runs.append(fake_run(tmp_path, "b", 42, 0.6875))
     runs[-1].fold = 0  # one fold of b finished, of three
-    runs.append(sweep.Run(Path("configs/b.py"), 42, tmp_path / "b-1", fold=1, status="failed"))
+    runs.append(sweep.RecipeRun(Path("configs/b.py"), 42, tmp_path / "b-1", fold=1, status="failed"))
     markdown = sweep.write_ranking(runs, settings(SWEEP_DIR=str(tmp_path), FOLDS=3))
     recipes = read_csv(tmp_path / "ranking_recipes.csv")
     assert [(row["recipe"], row["runs"]) for row in recipes] == [("b", "1/2"), ("a", "3/3")]
