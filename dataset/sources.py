@@ -72,13 +72,16 @@ def source_pairs(source: Source, data_dir, url: str = kvasir.KVASIR_SEG_URL) -> 
     return [(f"{source.name}/{stem}", image, mask) for stem, image, mask in pairs]
 
 
-def source_split(source: Source, ids: list[str], val_fraction: float, seed: int) -> Split:
+def source_split(
+    source: Source, ids: list[str], val_fraction: float, seed: int, folds: int = 0, fold: int = 0
+) -> Split:
     """The split of one dataset: Kvasir-SEG's official test ids (or a seeded random test part), a folder's own
-    test list when it has one (or a seeded random test part), and a seeded validation carve-out of the rest."""
+    test list when it has one (or a seeded random test part), and a seeded validation carve-out of the rest (with
+    `folds`, fold `fold` of their seeded partition)."""
     if source.is_kvasir:
-        return make_split(ids, val_fraction, seed)
+        return make_split(ids, val_fraction, seed, folds=folds, fold=fold)
     if not source.test_list:
-        return random_split(ids, val_fraction, seed, f"dataset {source.name} has no test list")
+        return random_split(ids, val_fraction, seed, f"dataset {source.name} has no test list", folds, fold)
     test = {f"{source.name}/{stem}" for stem in read_ids(source.test_list)}
     unknown = sorted(test - set(ids))
     if unknown:
@@ -86,16 +89,19 @@ def source_split(source: Source, ids: list[str], val_fraction: float, seed: int)
             f"{source.test_list} lists {len(unknown)} id(s) with no image in {source.images} (e.g."
             f" {unknown[0].split('/', 1)[1]}); it must list file stems of that folder, one per line."
         )
-    return make_split(ids, val_fraction, seed, test_ids=sorted(test))
+    return make_split(ids, val_fraction, seed, test_ids=sorted(test), folds=folds, fold=fold)
 
 
 def combined_split(splits: list[Split]) -> Split:
-    """One split of several datasets: the union of their parts (official only when every part is)."""
+    """One split of several datasets: the union of their parts (official only when every part is), each dataset
+    split into the same folds."""
     return Split(
         sorted(i for split in splits for i in split.train),
         sorted(i for split in splits for i in split.val),
         sorted(i for split in splits for i in split.test),
         all(split.official for split in splits),
+        splits[0].folds,
+        splits[0].fold,
     )
 
 
@@ -153,3 +159,32 @@ def held_out_pairs(record: DataRecord, source: Source, part: str, data_dir) -> l
         raise UserError(f"--split must be {' or '.join(SCORED_PARTS)}, not {part!r}.")
     wanted = source_ids(source, getattr(record.split, part))
     return pairs_with_ids(source_pairs(source, data_dir), wanted, f"{source.name} {part}")
+
+
+def ensemble_record(records: list[DataRecord]) -> DataRecord:
+    """The record of an ensemble of models trained on `records`: validation images are those every member trained
+    on their dataset validated on, test images those every such member held out, and every other image any member
+    trained or validated on counts as trained on (so the folds of one partition have no validation image left, and
+    only data none of them saw is scored as held out)."""
+    sources = {}
+    for record in records:
+        for source in record.datasets:
+            if sources.setdefault(source.name, source) != source:
+                raise UserError(
+                    f"the checkpoints name two different datasets {source.name} ({sources[source.name]} and"
+                    f" {source}); an ensemble's members must agree on what each dataset name is."
+                )
+
+    def common(part: str) -> list[str]:
+        """The ids of `part` in the split of every member trained on their dataset."""
+        ids = []
+        for source in sources.values():
+            held = [set(source_ids(source, getattr(r.split, part))) for r in records if source in r.datasets]
+            ids += set.intersection(*held)
+        return sorted(ids)
+
+    val, test = common("val"), common("test")
+    seen = {sample_id for record in records for sample_id in record.split.train + record.split.val}
+    split = Split(sorted(seen - set(val)), val, test, all(record.split.official for record in records))
+    digests = {sample_id: digest for record in records for sample_id, digest in record.digests.items()}
+    return DataRecord(list(sources.values()), split, digests)

@@ -39,11 +39,19 @@ def prepare_data(
         with main_process_first(processes):  # one process downloads and extracts; the others then read
             found = source_pairs(source, config["DATA_DIR"], config["DATA_URL"])
         splits.append(
-            source_split(source, [sample_id for sample_id, _, _ in found], config["VAL_FRACTION"], config["SEED"])
+            source_split(
+                source,
+                [i for i, _, _ in found],
+                config["VAL_FRACTION"],
+                config["SEED"],
+                config["FOLDS"],
+                config["FOLD"],
+            )
         )
         pairs += found
     split = combined_split(splits)
-    print(f"split: {len(split.train)} train / {len(split.val)} validation / {len(split.test)} test (held out)")
+    fold = f" (fold {split.fold} of {split.folds})" if split.folds else ""
+    print(f"split: {len(split.train)} train / {len(split.val)} validation{fold} / {len(split.test)} test (held out)")
     by_id = {pair[0]: pair for pair in pairs}
     digests = {sample_id: file_digest(by_id[sample_id][1]) for sample_id in split.train + split.val}
     cache_dir = Path(config["DATA_DIR"]) / "cache" if config["CACHE"] else None

@@ -17,7 +17,7 @@ all the keys below:
 | `preprocessing` | `image_size`, the `mean` and `std` for RGB in [0, 1], and the `threshold` if training chose one |
 | `epoch`, `metrics` | the epoch it was saved at and its history row (`train_loss`, `val_loss`, `val_dice`, ...) |
 | `datasets` | the datasets trained on: `name`, and for a folder its `images` and `masks` folders and `test_list` |
-| `split` | the sample ids of the `train`, `val` and `test` parts, and whether the test ids are the `official` ones |
+| `split` | the ids of the `train`, `val` and `test` parts, whether the test ids are `official`, and `folds`, `fold` |
 | `digests` | a content digest of every training and validation image, so no copy of one is ever scored as held out |
 | `config` | every training setting of the run, for the record |
 | `step`, `step_losses` | last.pth only: the steps done of `epoch`, and the loss of each of them |
@@ -30,13 +30,14 @@ all the keys below:
 
 import math
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from common.errors import UserError
 from common.files import atomic_path
-from dataset.sources import DataRecord
+from dataset.sources import DataRecord, ensemble_record
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from model.unet import UNet, build_unet
 
@@ -160,3 +161,75 @@ def describe_mismatch(expected: dict, found) -> str | None:
 def load_model(path, device="cpu") -> UNet:
     """One line from a checkpoint file to a ready model: `model = load_model("models/unet_kvasirseg.pth")`."""
     return model_from_checkpoint(load_checkpoint(path), source=path).to(device)
+
+
+@dataclass
+class Member:
+    """One checkpoint of a model or ensemble: the file it was read from, and its contents."""
+
+    path: Path
+    checkpoint: dict
+
+
+def load_members(names: list[str]) -> list[Member]:
+    """The checkpoints named: files, or folders of a sweep's folds (see fold_checkpoints); refuses a file named
+    twice and, for a folder, a partition it does not hold every fold of."""
+    members = []
+    for name in names:
+        path = Path(name)
+        if not path.is_dir():
+            members.append(Member(path, load_checkpoint(path)))
+            continue
+        folds = [Member(file, load_checkpoint(file)) for file in fold_checkpoints(path)]
+        check_fold_coverage(path, folds)
+        members += folds
+    seen = set()
+    for member in members:
+        if member.path.resolve() in seen:
+            raise UserError(f"checkpoint {member.path} is named twice; an ensemble takes each member once.")
+        seen.add(member.path.resolve())
+    return members
+
+
+def data_record(members: list[Member]) -> DataRecord:
+    """What the model of `members` was trained on: one checkpoint's data record, or an ensemble's (see
+    dataset.sources.ensemble_record), so that evaluation never scores an image any member saw as held out."""
+    records = [DataRecord.from_checkpoint(member.checkpoint) for member in members]
+    return records[0] if len(records) == 1 else ensemble_record(records)
+
+
+def fold_checkpoints(folder: Path) -> list[Path]:
+    """The best.pth of each subfolder of `folder` (as a sweep with FOLDS writes RECIPE-seedS-foldsN/foldK/), each
+    from a finished run (summary.json beside it), refusing a folder that holds none or an unfinished run."""
+    runs = sorted(
+        sub for sub in folder.iterdir() if sub.is_dir() and (any(sub.glob("*.pth")) or (sub / "run.log").exists())
+    )
+    if not runs:
+        raise UserError(
+            f"{folder} holds no run folders with a best.pth (a sweep with --folds writes"
+            " RECIPE-seedS-foldsN/fold0/best.pth, ...); give checkpoint files or such a folder."
+        )
+    unfinished = [run for run in runs if not (run / "best.pth").is_file() or not (run / "summary.json").is_file()]
+    if unfinished:
+        raise UserError(
+            f"{unfinished[0]} holds no finished run (a best.pth with its summary.json); finish it (run the sweep"
+            " again), or name the checkpoint files to use."
+        )
+    return [run / "best.pth" for run in runs]
+
+
+def check_fold_coverage(folder: Path, members: list[Member]) -> None:
+    """Refuse a folder of folds that lacks some folds of its partition, or holds one twice (the members all record
+    the same FOLDS, and each its own FOLD)."""
+    splits = [member.checkpoint.get("split") for member in members]
+    recorded = [split.get("folds", 0) if isinstance(split, dict) else 0 for split in splits]
+    if not recorded[0] or len(set(recorded)) > 1:
+        return  # not the folds of one partition: the members are used as they are
+    folds = sorted(split.get("fold", 0) for split in splits)
+    if folds != list(range(recorded[0])):
+        missing = sorted(set(range(recorded[0])) - set(folds))
+        raise UserError(
+            f"{folder} holds folds {', '.join(map(str, folds))} of a {recorded[0]}-fold partition (missing:"
+            f" {', '.join(map(str, missing)) or 'none, but one twice'}); train the rest (run the sweep again), or"
+            " name the checkpoint files to use."
+        )

@@ -6,6 +6,7 @@
     python scripts/evaluate.py --datasets kvasir CVC-ClinicDB=data/TestDataset/CVC-ClinicDB \\
         ETIS=data/TestDataset/ETIS-LaribPolypDB                  # one table row per dataset
     python scripts/evaluate.py --images other/images --masks other/masks   # every image of one folder pair
+    python scripts/evaluate.py --checkpoint outputs/sweep/default-seed42-folds5   # the ensemble of a sweep's folds
 
 Every UPPER_CASE constant below can be edited here or given as a flag (CHECKPOINT -> --checkpoint).
 """
@@ -30,11 +31,11 @@ from dataset.sources import (
     seen_images,
     source_pairs,
 )
-from model import load_checkpoint
+from model.checkpoint import Member, data_record, load_members
 from utils import inference  # as a module: its THRESHOLD is not a setting of this script
 from utils.scoring import GLOBAL_METRICS, METRICS, score_pairs, summarize
 
-CHECKPOINT = "models/unet_kvasirseg.pth"  # the model to score
+CHECKPOINT = ["models/unet_kvasirseg.pth"]  # the model to score; several, or a sweep's folder of folds: their ensemble
 DATA_DIR = "data"  # Kvasir-SEG as train.py gets it (downloaded into this folder when missing)
 SPLIT = "test"  # which part of a trained-on dataset to score: test (held out) or val (what the model was chosen on)
 DATASETS = []  # kvasir, NAME=FOLDER or NAME=IMAGES:MASKS to score; empty: the datasets the model was trained on
@@ -91,6 +92,12 @@ def scoring_targets(config: dict, record: DataRecord) -> list[Target]:
             kind = describe_part(source, record, config["SPLIT"])
         else:
             pairs, kind = source_pairs(source, config["DATA_DIR"]), f"all images of {source.images or source.name}"
+        if not pairs:
+            raise UserError(
+                f"no {source.name} image is in the {config['SPLIT']} part of every checkpoint's split (the folds of"
+                " one partition share no validation image: each fold's are the others' training images); score an"
+                " ensemble on --split test or on other data."
+            )
         refuse_seen_images(source.name, pairs, record, config["SPLIT"])
         targets.append(Target(source.name, pairs, f"{len(pairs)} images: {kind}"))
     return targets
@@ -98,6 +105,8 @@ def scoring_targets(config: dict, record: DataRecord) -> list[Target]:
 
 def describe_part(source: Source, record: DataRecord, part: str) -> str:
     """How the scored part of a trained-on dataset is described in the report."""
+    if part == "val" and record.split.folds:
+        return f"fold {record.split.fold} of the {record.split.folds}-fold partition the checkpoint was chosen on"
     if part == "val":
         return "the validation carve-out the checkpoint was chosen on"
     if source.is_kvasir and record.split.official:
@@ -123,6 +132,52 @@ def rounded(row: dict) -> dict:
     return {key: round(value, 6) if isinstance(value, float) else value for key, value in row.items()}
 
 
+def member_rows(members: list[Member], predictor) -> list[dict]:
+    """The report's line for each checkpoint scored: its path, epoch, training size and threshold."""
+    predictors = predictor.members if isinstance(predictor, inference.EnsemblePredictor) else [predictor]
+    return [
+        {
+            "checkpoint": str(member.path),
+            "epoch": member.checkpoint.get("epoch"),
+            "image_size": member_predictor.preprocessing["image_size"],
+            "threshold": member_predictor.threshold,
+        }
+        for member, member_predictor in zip(members, predictors, strict=True)
+    ]
+
+
+def describe_model(report: dict) -> list[str]:
+    """The lines that say which model was scored: the checkpoint, or the ensemble's members and threshold."""
+    members, tta = report["members"], describe_tta(report)
+    if len(members) == 1:
+        (member,) = members
+        return [
+            f"checkpoint {member['checkpoint']} (epoch {member['epoch']}, trained at {member['image_size']} px),"
+            f" threshold {report['threshold']}, TTA {tta}, scored at each mask's own size"
+        ]
+    why = "the members' common threshold" if report["common_threshold"] else "the members' thresholds differ"
+    return [
+        f"ensemble of {len(members)} checkpoints: the mean of their probabilities, each resized to the image's size",
+        *(
+            f"  {member['checkpoint']} (epoch {member['epoch']}, trained at {member['image_size']} px, threshold"
+            f" {member['threshold']})"
+            for member in members
+        ),
+        f"threshold {report['threshold']} ({why}), TTA {tta} for each member, scored at each mask's own size",
+    ]
+
+
+def describe_speed(report: dict) -> str:
+    """The speed line: the model alone, or the ensemble's models one after another."""
+    speed, members = report["speed"], report["members"]
+    sizes = sorted({member["image_size"] for member in members})
+    models = "model alone" if len(members) == 1 else f"{len(members)} models alone, one after another"
+    return (
+        f"speed: {speed['images_per_second']:.1f} images/s, {speed['ms_per_image']:.2f} ms/image ({models}, batches"
+        f" of {speed['batch_size']} at {' / '.join(map(str, sizes))} px, {report['device']})"
+    )
+
+
 def describe_tta(report: dict) -> str:
     """'on (3 views)' or 'off'."""
     return f"on ({report['tta_views']} views)" if report["tta"] else "off"
@@ -131,16 +186,13 @@ def describe_tta(report: dict) -> str:
 def format_report(report: dict) -> str:
     """The report as plain text: for one dataset the per-image mean and std of each metric and the global scores;
     for several the cross-dataset table, one row per dataset."""
-    speed = report["speed"]
     lines = [
         *(f"{dataset['name']}: {dataset['source']}" for dataset in report["datasets"]),
-        f"checkpoint {report['checkpoint']} (epoch {report['epoch']}, trained at {report['image_size']} px),"
-        f" threshold {report['threshold']}, TTA {describe_tta(report)}, scored at each mask's own size",
+        *describe_model(report),
         "",
         *(summary_table(report["summary"]) if len(report["datasets"]) == 1 else dataset_table(report["datasets"])),
         "",
-        f"speed: {speed['images_per_second']:.1f} images/s, {speed['ms_per_image']:.2f} ms/image (model alone,"
-        f" batches of {speed['batch_size']} at {report['image_size']} px, {report['device']})",
+        describe_speed(report),
     ]
     return "\n".join(lines)
 
@@ -186,10 +238,10 @@ def write_files(config: dict, rows: list[dict], report: dict) -> None:
 def main() -> None:
     config = parse_settings(script_constants(globals()), __file__).values
     use_threads(config["THREADS"])
-    checkpoint = load_checkpoint(config["CHECKPOINT"])
-    predictor = inference.predictor_from_settings(checkpoint, config)
+    members = load_members(config["CHECKPOINT"])
+    predictor = inference.predictor_from_settings(members, config)
     batch_size = inference.inference_batch_size(config["BATCH_SIZE"], predictor.device)
-    targets = scoring_targets(config, DataRecord.from_checkpoint(checkpoint))
+    targets = scoring_targets(config, data_record(members))
     print(f"scoring {', '.join(target.name for target in targets)} on {describe_device(predictor.device)}")
 
     rows, datasets = [], []
@@ -198,14 +250,16 @@ def main() -> None:
         rows += [{"dataset": target.name, **row} for row in scored]
         datasets.append({"name": target.name, "source": target.description, "summary": summarize(scored)})
     speed_images = [read_rgb(image_path) for _, image_path, _ in targets[0].pairs[:batch_size]]
-    speed = inference.measure_speed(predictor, predictor.prepare(speed_images))
+    speed = predictor.speed(speed_images)
+    rows_of_members = member_rows(members, predictor)
+    single = rows_of_members[0] if len(members) == 1 else {}
     report = {
-        "checkpoint": config["CHECKPOINT"],
-        "epoch": checkpoint.get("epoch"),
-        "image_size": predictor.preprocessing["image_size"],
+        **{key: single.get(key) for key in ("checkpoint", "epoch", "image_size")},  # of one checkpoint; else None
+        "members": rows_of_members,
         "tta": config["TTA"],
         "tta_views": config["TTA_VIEWS"],
         "threshold": predictor.threshold,
+        "common_threshold": not isinstance(predictor, inference.EnsemblePredictor) or predictor.common_threshold,
         "device": describe_device(predictor.device),
         "datasets": datasets,
         "summary": summarize(rows),

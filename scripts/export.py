@@ -10,6 +10,8 @@ hold the JSON of `preprocessing` (image_size, mean, std, threshold) and `model_c
 The check feeds synthetic polyp images to PyTorch and to ONNX Runtime on the CPU, at the training size and at each of
 CHECK_SIZES, and writes OUTPUT (replacing an earlier export) only when their probabilities differ by at most
 TOLERANCE; otherwise it exits with status 2 and writes no file. It then times both at the training size.
+An ensemble (several checkpoints, or a sweep's folder of folds) is refused: export each member on its own, and run
+the ensemble from its checkpoints with scripts/evaluate.py or scripts/predict.py.
 Needs the optional packages: pip install -r requirements-export.txt
 Every UPPER_CASE constant below can be edited here or given as a flag (CHECK_SIZES -> --check-sizes).
 """
@@ -34,7 +36,7 @@ from dataset.synthetic import make_sample
 from model import load_checkpoint
 from utils import inference
 
-CHECKPOINT = "models/unet_kvasirseg.pth"  # the trained model to export
+CHECKPOINT = ["models/unet_kvasirseg.pth"]  # the trained model to export (one: ensembles are refused)
 OUTPUT = "models/unet_kvasirseg.onnx"  # the ONNX file, written only when the check passes
 OPSET = 18  # ONNX opset of the exported graph (18, the oldest torch's exporter writes, runs on the most runtimes)
 TOLERANCE = 1e-4  # the largest difference of probabilities (0..1) between ONNX Runtime and PyTorch that passes
@@ -50,6 +52,17 @@ def parse_size(text: str) -> tuple[int, int]:
     if not match:
         raise UserError(f"check size {text!r} is not WIDTHxHEIGHT (e.g. 320x288).")
     return int(match[2]), int(match[1])
+
+
+def single_checkpoint(names: list[str]) -> str:
+    """The one checkpoint file to export, refusing an ensemble (several checkpoints, or a folder of folds)."""
+    if len(names) > 1 or Path(names[0]).is_dir():
+        raise UserError(
+            f"export.py writes one model per ONNX file, not the ensemble {' '.join(names)}; export each checkpoint"
+            " on its own (--checkpoint a.pth --output a.onnx), and score or run the ensemble from its checkpoints"
+            " with evaluate.py or predict.py --checkpoint a.pth b.pth."
+        )
+    return names[0]
 
 
 def sizes_to_check(config: dict, image_size: int, depth: int) -> list[tuple[int, int]]:
@@ -161,6 +174,7 @@ def check_export(pytorch: inference.Predictor, onnxruntime: inference.OnnxPredic
 
 def main() -> None:
     config = parse_settings(script_constants(globals()), __file__).values
+    config["CHECKPOINT"] = single_checkpoint(config["CHECKPOINT"])
     packages = {name: inference.import_export_package(name) for name in ("onnx", "onnxscript", "onnxruntime")}
     checkpoint = load_checkpoint(config["CHECKPOINT"])
     pytorch = inference.Predictor.from_checkpoint(checkpoint, device="cpu", mixed_precision=False)

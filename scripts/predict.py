@@ -3,9 +3,12 @@
     python scripts/predict.py polyp.jpg                      # writes outputs/predictions/polyp_{mask,overlay}.png
     python scripts/predict.py folder/ more.png --output results --no-tta   # one forward pass per image
     python scripts/predict.py polyp.jpg --onnx models/unet_kvasirseg.onnx   # the model of scripts/export.py
+    python scripts/predict.py polyp.jpg --checkpoint a.pth b.pth    # an ensemble: the mean of their probabilities
 
 INPUT is an image file or a folder of them (PNG, JPEG, TIFF, BMP; grey, RGB or RGBA; any size). A pixel is polyp
-when its probability exceeds the threshold the model was saved with (0.5 for checkpoints that chose none).
+when its probability exceeds the threshold the model was saved with (0.5 for checkpoints that chose none); with
+several checkpoints (or a sweep's folder of folds, RECIPE-seedS-foldsN/), when the mean of their probabilities exceeds
+their common threshold (0.5 when theirs differ).
 A run never replaces an input, never writes into a folder given as INPUT (its masks would mix with the images and
 be read as images by the next run), and replaces the NAME_mask.png / NAME_overlay.png already in OUTPUT only
 with --overwrite.
@@ -24,10 +27,13 @@ from common.device import describe_device, use_threads
 from common.errors import UserError, first_few, run_main
 from dataset.images import read_rgb, write_png
 from dataset.kvasir import IMAGE_SUFFIXES
+from model.checkpoint import load_members
 from utils import inference  # as a module: its THRESHOLD is not a setting of this script
 from utils.visualization import overlay_mask
 
-CHECKPOINT = "models/unet_kvasirseg.pth"  # the model to predict with
+CHECKPOINT = [
+    "models/unet_kvasirseg.pth"
+]  # the model to predict with; several, or a sweep's folder of folds: their ensemble
 ONNX = ""  # predict with this ONNX model of scripts/export.py instead (on the CPU with ONNX Runtime)
 OUTPUT = "outputs/predictions"  # NAME_mask.png (0 or 255) and NAME_overlay.png for each input NAME.ext
 BATCH_SIZE = 0  # images per forward pass; 0: 64 on a GPU, 8 on the CPU
@@ -109,9 +115,12 @@ def main() -> None:
     paths = collect_inputs(config["inputs"])
     output_dir = Path(config["OUTPUT"])
     check_outputs(config["inputs"], paths, output_dir, config["OVERWRITE"])
-    predictor = inference.predictor_from_settings(config["CHECKPOINT"], config, onnx_model=config["ONNX"])
+    members = [] if config["ONNX"] else load_members(config["CHECKPOINT"])
+    predictor = inference.predictor_from_settings(members, config, onnx_model=config["ONNX"])
     batch_size = inference.inference_batch_size(config["BATCH_SIZE"], predictor.device)
     runtime = f"ONNX Runtime on the CPU ({config['ONNX']})" if config["ONNX"] else describe_device(predictor.device)
+    if len(members) > 1:
+        print(f"the ensemble of {', '.join(str(member.path) for member in members)}, threshold {predictor.threshold}")
     print(f"predicting {len(paths)} image(s) on {runtime} into {output_dir}")
     with tqdm(total=len(paths), desc="predicting", unit="img", disable=len(paths) == 1) as bar:
         for start in range(0, len(paths), batch_size):

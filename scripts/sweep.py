@@ -1,17 +1,21 @@
-"""Rank training recipes: train each recipe once per seed with scripts/train.py, PARALLEL runs at a time on one
-device, score each run's best checkpoint on its validation carve-out with scripts/evaluate.py (at each mask's full
-size, with and without TTA), and write the ranked table to SWEEP_DIR/ranking.md and ranking.csv.
+"""Rank training recipes: train each recipe once per seed (and with FOLDS once per fold) with scripts/train.py,
+PARALLEL runs at a time on one device, score each run's best checkpoint on its validation images (its carve-out, or
+its fold) with scripts/evaluate.py (at each mask's full size, with and without TTA), and write the ranked table to
+SWEEP_DIR/ranking.md and ranking.csv.
 
     python scripts/sweep.py configs/*.py                                   # each recipe once (seed 42), in turn
     python scripts/sweep.py configs/*.py --parallel 3 --seeds 42 43        # 3 runs at a time on the GPU
     python scripts/sweep.py configs/*.py --train-flags "--epochs 30"       # every run shorter
     python scripts/sweep.py configs/seed.py --seeds 42 43 --test           # a chosen recipe, on test too
+    python scripts/sweep.py configs/*.py --folds 5 --parallel 5            # 5-fold cross-validation of each
 
 Each run trains in SWEEP_DIR/<recipe>-seed<seed>/ (best.pth, last.pth, history.csv, summary.json, the evaluation
-JSON and CSV files, and run.log with everything its commands printed). A failed run is reported in the table and
-the others go on; the exit status is then 1. Ctrl-C or SIGTERM stops the running runs cleanly (each saves its state),
-writes the table of what finished and exits 130 or 143. Running the same command again continues: finished runs are
-not retrained (nor rescored), stopped ones resume where they were saved.
+JSON and CSV files, and run.log with everything its commands printed); with FOLDS in
+SWEEP_DIR/<recipe>-seed<seed>-folds<FOLDS>/fold<k>/, and evaluate.py and predict.py take the folder above the folds
+as the ensemble of its folds. A failed run is reported in the table and the others go on; the exit status is then 1.
+Ctrl-C or SIGTERM stops the running runs cleanly (each saves its state), writes the table of what finished and exits
+130 or 143. Running the same command again continues: finished runs are not retrained (nor rescored), stopped ones
+resume where they were saved.
 """
 
 import json
@@ -34,9 +38,11 @@ from common.files import writable_folder, write_csv_atomic, write_text_atomic
 from common.signals import SignalForwarder
 from dataset import kvasir
 from dataset.loader import worker_count
+from dataset.splits import check_folds
 
 SWEEP_DIR = "outputs/sweep"  # one folder per run, and the ranking (ranking.md, ranking.csv, ranking_recipes.csv)
 SEEDS = [42]  # every recipe is trained once per seed; the recipe table averages over them
+FOLDS = 0  # 0: each run validates on train.py's VAL_FRACTION carve-out; N: once per fold of an N-fold partition
 PARALLEL = 1  # runs at a time on DEVICE (one 31 M-parameter U-Net at batch 16 leaves most of an 80 GB GPU idle)
 DATA_DIR = "data"  # Kvasir-SEG as train.py gets it; fetched once, before any run starts
 DEVICE = "auto"  # every train.py and evaluate.py runs on it (a recipe's DEVICE too): auto | cpu | cuda | cuda:N
@@ -55,10 +61,10 @@ SCORES = {
 }
 # train.py flags the sweep sets for each run, which TRAIN_FLAGS must not hold
 SET_PER_RUN = ("--seed", "--output-dir", "--checkpoint-path", "--resume", "--overwrite", "--data-dir", "--device",
-               "--num-workers")  # fmt: skip
+               "--num-workers", "--folds", "--fold")  # fmt: skip
 HEADERS = {  # the Markdown header of each column of ranking.csv and ranking_recipes.csv that the tables show
-    "rank": "rank", "recipe": "recipe", "runs": "runs done", "seed": "seed", "status": "status",
-    "best_epoch": "best epoch", "val_tta_dice": "val Dice TTA", "val_tta_dice_std": "± std over seeds",
+    "rank": "rank", "recipe": "recipe", "runs": "runs done", "seed": "seed", "fold": "fold", "status": "status",
+    "best_epoch": "best epoch", "val_tta_dice": "val Dice TTA", "val_tta_dice_std": "± std over {runs}",
     "val_tta_iou": "val IoU TTA", "val_dice": "val Dice", "val_iou": "val IoU",
     "val_dice_train_size": "val Dice at train size", "test_tta_dice": "test Dice TTA", "test_tta_iou": "test IoU TTA",
     "minutes": "train minutes", "images_per_second": "images/s", "note": "note",
@@ -77,11 +83,13 @@ class Step:
 
 @dataclass
 class RecipeRun:
-    """One recipe trained with one seed in its own folder, and where this sweep has got with it."""
+    """One recipe trained with one seed (and with FOLDS, on one fold) in its own folder, and where this sweep has got
+    with it."""
 
     recipe: Path
     seed: int
     folder: Path
+    fold: int | None = None  # None: validated on the VAL_FRACTION carve-out
     status: str = "pending"  # pending (not started) | running | done | failed | stopped
     note: str = ""
     started: float = 0.0  # time.monotonic() when this sweep started its first step
@@ -90,7 +98,7 @@ class RecipeRun:
 
     @property
     def name(self) -> str:
-        return f"{self.recipe.stem} seed {self.seed}"
+        return f"{self.recipe.stem} seed {self.seed}" + ("" if self.fold is None else f" fold {self.fold}")
 
     @property
     def log(self) -> Path:
@@ -110,6 +118,7 @@ def read_settings() -> dict:
         raise UserError(f"SEEDS must be whole numbers, not {' '.join(map(str, config['SEEDS']))}.") from None
     if config["PARALLEL"] < 1 or config["NUM_WORKERS"] < -1:
         raise UserError("PARALLEL must be at least 1 and NUM_WORKERS at least -1 (-1 shares the CPU cores).")
+    check_folds(config["FOLDS"], 0)
     config["TRAIN_FLAGS"] = train_flags(config["TRAIN_FLAGS"])
     return config
 
@@ -124,7 +133,7 @@ def train_flags(text: str) -> list[str]:
     if clashes:
         raise UserError(
             f"TRAIN_FLAGS may not hold {', '.join(clashes)}: the sweep sets it for each run"
-            " (use the sweep's --seeds, --sweep-dir, --data-dir, --device or --num-workers)."
+            " (use the sweep's --seeds, --folds, --sweep-dir, --data-dir, --device or --num-workers)."
         )
     return flags
 
@@ -135,7 +144,9 @@ def workers_per_run(config: dict) -> int:
 
 
 def plan_runs(config: dict) -> list[RecipeRun]:
-    """One run per recipe and seed, in SWEEP_DIR/<recipe stem>-seed<seed>/; refuses missing or same-named recipes."""
+    """One run per recipe and seed, in SWEEP_DIR/<recipe stem>-seed<seed>/, or with FOLDS per recipe, seed and fold,
+    in SWEEP_DIR/<recipe stem>-seed<seed>-folds<FOLDS>/fold<k>/ (another FOLDS never reuses a fold trained for
+    another partition); refuses missing or same-named recipes."""
     recipes = [Path(recipe) for recipe in config["recipe_files"]]
     for recipe in recipes:
         if not recipe.is_file():
@@ -144,10 +155,17 @@ def plan_runs(config: dict) -> list[RecipeRun]:
     if len(set(stems)) < len(stems):
         raise UserError(f"two recipes share a file name ({', '.join(map(str, recipes))}); their runs would collide.")
     sweep_dir = writable_folder(config["SWEEP_DIR"], "SWEEP_DIR")
+    if not config["FOLDS"]:
+        return [
+            RecipeRun(recipe, seed, sweep_dir / f"{recipe.stem}-seed{seed}")
+            for recipe in recipes
+            for seed in config["SEEDS"]
+        ]
     return [
-        RecipeRun(recipe, seed, sweep_dir / f"{recipe.stem}-seed{seed}")
+        RecipeRun(recipe, seed, sweep_dir / f"{recipe.stem}-seed{seed}-folds{config['FOLDS']}" / f"fold{fold}", fold)
         for recipe in recipes
         for seed in config["SEEDS"]
+        for fold in range(config["FOLDS"])
     ]
 
 
@@ -178,7 +196,9 @@ def train_command(run: RecipeRun, config: dict, resume: bool) -> list[str]:
         sys.executable, str(TRAIN_SCRIPT), str(run.recipe), "--seed", str(run.seed), "--output-dir", str(run.folder),
         "--checkpoint-path", str(run.folder / "best.pth"), "--data-dir", config["DATA_DIR"],
         "--device", config["DEVICE"], "--num-workers", str(workers_per_run(config)), "--no-show-panels",
-        "--resume" if resume else "--overwrite", *config["TRAIN_FLAGS"],
+        "--resume" if resume else "--overwrite",
+        *(["--folds", str(config["FOLDS"]), "--fold", str(run.fold)] if run.fold is not None else []),
+        *config["TRAIN_FLAGS"],
     ]  # fmt: skip
 
 
@@ -294,7 +314,9 @@ def read_json(path: Path) -> dict:
 def run_row(run: RecipeRun, config: dict) -> dict:
     """One line of ranking.csv: the run's summary.json and evaluation JSONs, blank where missing."""
     summary = read_json(run.folder / "summary.json")
-    row = {"rank": None, "recipe": run.recipe.stem, "seed": run.seed, "status": run.status}
+    row = {"rank": None, "recipe": run.recipe.stem, "seed": run.seed}
+    row.update({"fold": run.fold} if run.fold is not None else {})
+    row["status"] = run.status
     row["best_epoch"] = summary.get("best_epoch")
     for name in score_names(config):
         mean = read_json(run.folder / f"{name}.json").get("summary", {}).get("mean", {})
@@ -307,10 +329,11 @@ def run_row(run: RecipeRun, config: dict) -> dict:
 
 
 def recipe_row(recipe: str, rows: list[dict]) -> dict:
-    """One line of ranking_recipes.csv: the mean of each number over the recipe's completed runs."""
+    """One line of ranking_recipes.csv: the mean of each number over the recipe's completed runs (each seed, or
+    each seed and fold), and the sample standard deviation of val Dice with TTA over them."""
     done = [row for row in rows if row["status"] == "done"]
     mean = {"rank": None, "recipe": recipe, "runs": f"{len(done)}/{len(rows)}"}
-    for key in [key for key in rows[0] if key not in ("rank", "recipe", "seed", "status", "note", "folder")]:
+    for key in [key for key in rows[0] if key not in ("rank", "recipe", "seed", "fold", "status", "note", "folder")]:
         mean[key] = statistics.fmean([row[key] for row in done]) if done else None
         if key == "val_tta_dice":
             mean[f"{key}_std"] = statistics.stdev([row[key] for row in done]) if len(done) > 1 else None
@@ -325,8 +348,15 @@ def ranked(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """`rows` as a Markdown table of the columns HEADERS names (numbers rounded for reading)."""
+def averaged_over(config: dict) -> str:
+    """What a recipe's mean and spread are taken over: seeds, folds, or both."""
+    seeds = len(config["SEEDS"]) > 1 or not config["FOLDS"]
+    return " and ".join(["seeds"] * seeds + ["folds"] * bool(config["FOLDS"]))
+
+
+def markdown_table(rows: list[dict], runs: str) -> str:
+    """`rows` as a Markdown table of the columns HEADERS names (numbers rounded for reading); `runs` says what the
+    recipe spread is over."""
     columns = [key for key in HEADERS if key in rows[0]]
 
     def cell(key: str, value) -> str:
@@ -336,7 +366,7 @@ def markdown_table(rows: list[dict]) -> str:
             return f"{value:.1f}" if key in ("best_epoch", "minutes", "images_per_second") else f"{value:.4f}"
         return str(value).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(HEADERS[key] for key in columns) + " |", "|" + " --- |" * len(columns)]
+    lines = ["| " + " | ".join(HEADERS[key].format(runs=runs) for key in columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(cell(key, row[key]) for key in columns) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -353,20 +383,24 @@ def write_ranking(runs: list[RecipeRun], config: dict) -> str:
     write_csv_atomic(sweep_dir / "ranking.csv", rows)
     write_csv_atomic(sweep_dir / "ranking_recipes.csv", recipes)
     test_note = " Test: the held-out test split with TTA, never used to rank." if config["TEST"] else ""
+    over = averaged_over(config)
+    folds_note = (
+        f" Each run validates on its own fold of a {config['FOLDS']}-fold partition." if config["FOLDS"] else ""
+    )
     markdown = "\n".join([
         f"# Recipe ranking: {len(runs)} runs in {sweep_dir}",
         "",
-        "Val Dice / IoU: per-image mean on each run's validation carve-out at each mask's full size, by"
+        "Val Dice / IoU: per-image mean on each run's validation images at each mask's full size, by"
         " scripts/evaluate.py, with TTA (flips averaged) and without; val Dice at train size: train.py's best epoch"
-        f" at IMAGE_SIZE; train minutes and images/s: train.py's summary.json, end to end.{test_note}",
+        f" at IMAGE_SIZE; train minutes and images/s: train.py's summary.json, end to end.{folds_note}{test_note}",
         "",
         "## Runs, ranked by full-size val Dice with TTA",
         "",
-        markdown_table(rows),
+        markdown_table(rows, over),
         "",
-        "## Recipes: mean over seeds of the completed runs, ranked by mean full-size val Dice with TTA",
+        f"## Recipes: mean over {over} of the completed runs, ranked by mean full-size val Dice with TTA",
         "",
-        markdown_table(recipes),
+        markdown_table(recipes, over),
         "",
     ])  # fmt: skip
     write_text_atomic(sweep_dir / "ranking.md", markdown)

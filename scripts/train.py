@@ -43,6 +43,7 @@ from common.run_folder import check_output_paths, held_run_folder
 from common.signals import StopRequest
 from dataset import kvasir, transforms
 from dataset.sources import DataRecord, parse_source
+from dataset.splits import check_folds
 from dataset.training_data import TrainingData, prepare_data
 from model import build_unet, load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
 from model.unet import DeepSupervision, check_unet_size, smallest_input
@@ -86,6 +87,8 @@ DATA_DIR = "data"  # holds Kvasir-SEG/ or kvasir-seg.zip (downloaded here when n
 DATA_URL = kvasir.KVASIR_SEG_URL  # where to download the zip from
 IMAGE_SIZE = 256  # images and masks are resized to IMAGE_SIZE x IMAGE_SIZE
 VAL_FRACTION = 0.1  # share of each dataset's training images (Kvasir-SEG: the official 880) held out for validation
+FOLDS = 0  # 0: validate on the VAL_FRACTION carve-out; else on fold FOLD of a seeded FOLDS-fold partition of them
+FOLD = 0  # with FOLDS: the fold (0 to FOLDS - 1) held out for validation; the rest train
 AUGMENTATION = "strong"  # random changes to each training image (see dataset/transforms.py)
 CACHE = True  # decode and resize each image once into DATA_DIR/cache (memory-mapped afterwards)
 NUM_WORKERS = -1  # DataLoader worker processes; -1 picks min(8, CPU count - 1)
@@ -179,6 +182,7 @@ def check_settings(config: dict) -> None:
         if not ok:
             raise UserError(f"{message}.")
     check_unet_size(config["BASE_CHANNELS"], config["DEPTH"])
+    check_folds(config["FOLDS"], config["FOLD"])
     names = [parse_source(spec).name for spec in config["DATASETS"]]
     if len(set(names)) < len(names):
         raise UserError(f"DATASETS names a dataset twice ({', '.join(names)}); give each a name of its own.")

@@ -1,8 +1,12 @@
-"""The official 880/120 split, the seeded validation carve-out, and the fallback for other data."""
+"""The official 880/120 split, the seeded validation carve-out, cross-validation folds, and the fallback for other
+data."""
+
+import re
 
 import pytest
 
-from dataset.splits import make_split, official_split
+from common.errors import UserError
+from dataset.splits import Split, make_split, official_split
 
 
 def test_official_split_files():
@@ -29,3 +33,56 @@ def test_other_data_falls_back_to_a_seeded_random_split(capsys):
     assert len(split.test) == 12 and len(split.val) == 9 and len(split.train) == 79
     assert sorted(split.train + split.val + split.test) == ids
     assert make_split(ids, 0.1, seed=0) == split
+
+
+# --- cross-validation folds -------------------------------------------------------------------------------------------
+
+
+def test_folds_partition_the_training_ids_and_never_touch_the_test_ids():
+    train, test = official_split()
+    splits = [make_split(sorted(train + test), 0.1, seed=3, folds=5, fold=fold) for fold in range(5)]
+    folds = [split.val for split in splits]
+    assert sorted(i for fold in folds for i in fold) == sorted(train)  # every training image once over the folds
+    assert all(len(fold) == 176 for fold in folds)  # 880 / 5
+    for fold, split in enumerate(splits):
+        assert (split.folds, split.fold, split.official) == (5, fold, True)
+        assert split.test == sorted(test) and not set(split.train) & set(split.val)
+        assert sorted(split.train + split.val) == sorted(train)
+    assert make_split(sorted(train + test), 0.1, seed=3, folds=5, fold=2) == splits[2]
+    assert make_split(sorted(train + test), 0.3, seed=3, folds=5, fold=2) == splits[2]  # VAL_FRACTION plays no part
+    assert make_split(sorted(train + test), 0.1, seed=4, folds=5, fold=2).val != splits[2].val
+
+
+def test_folds_of_data_without_a_test_list_keep_one_seeded_test_part(capsys):
+    ids = [f"image_{i:03d}" for i in range(50)]
+    splits = [make_split(ids, 0.1, seed=0, folds=3, fold=fold) for fold in range(3)]
+    assert {tuple(split.test) for split in splits} == {tuple(make_split(ids, 0.1, seed=0).test)}
+    assert sorted(i for split in splits for i in split.val) == sorted(splits[0].train + splits[0].val)
+    assert [len(split.val) for split in splits] == [15, 15, 14]  # 44 training images, sizes within one
+
+
+def test_a_split_read_back_from_a_checkpoint_keeps_its_fold():
+    split = make_split([f"image_{i:02d}" for i in range(20)], 0.1, seed=0, folds=4, fold=3)
+    assert Split.from_checkpoint({"split": split.as_dict()}) == split
+    older = {key: value for key, value in split.as_dict().items() if key not in ("folds", "fold")}
+    assert (Split.from_checkpoint({"split": older}).folds, Split.from_checkpoint({"split": older}).fold) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "folds, fold, message",
+    [
+        (1, 0, "FOLDS 1 gives no cross-validation"),
+        (-2, 0, "FOLDS -2 gives no cross-validation"),
+        (3, 3, "FOLD 3 is not a fold of FOLDS 3; give 0 to 2."),
+        (3, -1, "FOLD -1 is not a fold of FOLDS 3"),
+        (0, 1, "FOLD 1 is not a fold of FOLDS 0; give 0 (FOLD needs FOLDS of 2 or more)."),
+        (
+            40,
+            0,
+            "FOLDS 40 leaves 4 fold(s) with no image: the data has only 36 training images; give FOLDS from 2 to 36",
+        ),
+    ],
+)
+def test_folds_that_name_no_fold_or_leave_one_empty_are_refused(folds, fold, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        make_split([f"image_{i:02d}" for i in range(36)], 0.1, seed=0, test_ids=[], folds=folds, fold=fold)

@@ -182,6 +182,42 @@ def test_ranking_tables_rank_runs_and_recipe_means_by_val_dice_with_tta(tmp_path
     assert "| 1 | a | 2/2 | 1.5 | 0.6875 | 0.2652 | 0.3438 |" in markdown
 
 
+def test_folds_give_one_run_per_recipe_seed_and_fold_in_the_folder_of_its_partition(tmp_path):
+    (tmp_path / "a.py").write_text("")
+    config = settings(recipe_files=[str(tmp_path / "a.py")], SWEEP_DIR=str(tmp_path / "sweep"), SEEDS=[1, 2], FOLDS=3)
+    runs = sweep.plan_runs(config)
+    assert [(run.seed, run.fold, run.folder.relative_to(tmp_path / "sweep").as_posix()) for run in runs] == [
+        (seed, fold, f"a-seed{seed}-folds3/fold{fold}") for seed in (1, 2) for fold in range(3)
+    ]
+    assert runs[4].name == "a seed 2 fold 1"
+    command = sweep.next_step(runs[4], {**config, "TRAIN_FLAGS": ["--epochs", "3"]}).command
+    assert command[command.index("--folds") : command.index("--folds") + 4] == ["--folds", "3", "--fold", "1"]
+    with pytest.raises(UserError, match="FOLDS 1 gives no cross-validation"):
+        sweep.check_folds(1, 0)
+    with pytest.raises(UserError, match="TRAIN_FLAGS may not hold --fold"):
+        sweep.train_flags("--fold 2")
+
+
+def test_ranking_of_folds_takes_the_mean_and_spread_over_folds(tmp_path):
+    runs = []
+    for fold, dice in enumerate((0.5, 0.75, 0.625)):
+        run = fake_run(tmp_path, f"a-fold{fold}", 42, dice)
+        run.recipe, run.fold = Path("configs/a.py"), fold
+        runs.append(run)
+    runs.append(fake_run(tmp_path, "b", 42, 0.6875))
+    runs[-1].fold = 0  # one fold of b finished, of three
+    runs.append(sweep.RecipeRun(Path("configs/b.py"), 42, tmp_path / "b-1", fold=1, status="failed"))
+    markdown = sweep.write_ranking(runs, settings(SWEEP_DIR=str(tmp_path), FOLDS=3))
+    recipes = read_csv(tmp_path / "ranking_recipes.csv")
+    assert [(row["recipe"], row["runs"]) for row in recipes] == [("b", "1/2"), ("a", "3/3")]
+    assert float(recipes[1]["val_tta_dice"]) == 0.625 and float(recipes[1]["val_tta_dice_std"]) == 0.125
+    assert [row["fold"] for row in read_csv(tmp_path / "ranking.csv")][:4] == ["1", "0", "2", "0"]
+    assert "## Recipes: mean over folds of the completed runs, ranked by mean full-size val Dice with TTA" in markdown
+    assert "± std over folds" in markdown and "its own fold of a 3-fold partition" in markdown
+    sweep.write_ranking(runs, settings(SWEEP_DIR=str(tmp_path), FOLDS=3, SEEDS=[42, 43]))
+    assert "mean over seeds and folds" in (tmp_path / "ranking.md").read_text()
+
+
 # --- slow: a real sweep on the CPU ----------------------------------------------------------------------------------
 
 

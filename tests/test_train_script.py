@@ -125,6 +125,9 @@ def test_bad_setting_is_refused_by_the_script_before_any_work(tmp_path):
         (["--stop-check-steps", "0"], "STOP_CHECK_STEPS must be at least 1"),
         (["--grad-clip", "nan"], "GRAD_CLIP must be >= 0"),
         (["--loss", "focal"], "LOSS must be one of bce_dice, structure"),
+        (["--folds", "1"], "FOLDS 1 gives no cross-validation"),
+        (["--folds", "5", "--fold", "5"], "FOLD 5 is not a fold of FOLDS 5; give 0 to 4."),
+        (["--fold", "2"], "FOLD 2 is not a fold of FOLDS 0"),
     ],
 )
 def test_bad_settings_are_refused_before_any_work(tmp_path, monkeypatch, flags, message):

@@ -1,7 +1,8 @@
 """Inference on RGB images of any size: resize to the checkpoint's training size, normalise, predict (optionally
 averaging flipped and turned views), and resize the probabilities back to each image's own size. Shared by
 scripts/evaluate.py, scripts/predict.py and notebooks/explore_predictions.ipynb; the same path runs a PyTorch model
-(`Predictor`) or an ONNX model from scripts/export.py under ONNX Runtime (`OnnxPredictor`)."""
+(`Predictor`), an ONNX model from scripts/export.py under ONNX Runtime (`OnnxPredictor`), or the mean of several
+models' probabilities (`EnsemblePredictor`, e.g. the folds of a cross-validation)."""
 
 import importlib
 import json
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from common.device import autocast, autocast_dtype, configure_fast_path, resolve_device, seconds_per_call
 from common.errors import UserError
-from model.checkpoint import describe_bad_preprocessing, load_checkpoint, model_from_checkpoint
+from model.checkpoint import Member, describe_bad_preprocessing, load_checkpoint, load_members, model_from_checkpoint
 
 THRESHOLD = 0.5  # a pixel is polyp when its probability exceeds this, unless the checkpoint chose another threshold
 # Test-time augmentation views, each (quarter turns, mirrored first) of an [N, C, H, W] batch: 3 views are the image
@@ -115,6 +116,10 @@ class ImagePredictor:
         """Boolean masks [H, W] (probability > the predictor's threshold), each at its image's own size."""
         return [(probabilities > self.threshold).numpy() for probabilities in self.probabilities(images)]
 
+    def speed(self, images: list[np.ndarray]) -> dict:
+        """measure_speed on a batch of `images`: the model alone (TTA included when on)."""
+        return measure_speed(self, self.prepare(images))
+
 
 @dataclass
 class Predictor(ImagePredictor):
@@ -136,11 +141,12 @@ class Predictor(ImagePredictor):
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint, device="auto", mixed_precision: bool = True, tta: bool = False, tta_views: int = 3
+        cls, checkpoint, device="auto", mixed_precision: bool = True, tta: bool = False, tta_views: int = 3, name=""
     ):
         """Build from a checkpoint dict or path; `device` is auto | cpu | cuda | cuda:N, bf16/fp16 autocast on CUDA.
-        The threshold is the checkpoint's `preprocessing["threshold"]` (THRESHOLD when it has none)."""
-        source = "the checkpoint" if isinstance(checkpoint, dict) else checkpoint
+        The threshold is the checkpoint's `preprocessing["threshold"]` (THRESHOLD when it has none); `name` names a
+        checkpoint dict in messages."""
+        source = (name or "the checkpoint") if isinstance(checkpoint, dict) else checkpoint
         checkpoint = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         problem = describe_bad_preprocessing(checkpoint.get("preprocessing"))
         if problem:
@@ -199,6 +205,56 @@ class OnnxPredictor(ImagePredictor):
         return torch.from_numpy(logits)
 
 
+@dataclass
+class EnsemblePredictor(ImagePredictor):
+    """Several predictors as one: each member predicts an image with its own preprocessing and TTA, its probabilities
+    are resized to the image's own size (so members trained at different sizes combine), and their mean is
+    thresholded once, at the members' common threshold (THRESHOLD when theirs differ). It predicts images
+    (`probabilities`, `masks`), not prepared batches, as each member prepares its own."""
+
+    members: list[ImagePredictor]
+    names: list[str]
+    threshold: float | None = None
+
+    def __post_init__(self):
+        self.device, self.tta, self.tta_views = self.members[0].device, self.members[0].tta, self.members[0].tta_views
+        thresholds = {member.threshold for member in self.members}
+        self.common_threshold = len(thresholds) == 1  # else THRESHOLD, as no member's threshold is the ensemble's
+        if self.threshold is None:
+            self.threshold = thresholds.pop() if self.common_threshold else THRESHOLD
+        self.check_settings()
+
+    def probabilities(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """The mean of the members' probability maps [H, W], each at its image's own size."""
+        per_member = [member.probabilities(images) for member in self.members]
+        return [torch.stack(maps).mean(0) for maps in zip(*per_member, strict=True)]
+
+    def speed(self, images: list[np.ndarray]) -> dict:
+        """The members' models alone, one after another (their measure_speed times added up), and each one's."""
+        each = [member.speed(images) for member in self.members]
+        ms_per_image = sum(speed["ms_per_image"] for speed in each)
+        return {"images_per_second": 1000 / ms_per_image, "ms_per_image": ms_per_image, "members": each}
+
+
+def load_predictor(names: list[str], device="auto", mixed_precision: bool = True, tta: bool = False, tta_views=3):
+    """The predictor of the checkpoint files and sweep folders of folds named (see model.checkpoint.load_members):
+    `load_predictor(["a.pth", "b.pth"], tta=True)` is the ensemble of two, `load_predictor(["a.pth"])` one model."""
+    return predictor_of(load_members(names), device, mixed_precision, tta, tta_views)
+
+
+def predictor_of(members: list[Member], device="auto", mixed_precision: bool = True, tta: bool = False, tta_views=3):
+    """A Predictor of one checkpoint, or the EnsemblePredictor of several (each member built by
+    Predictor.from_checkpoint)."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    predictors = [
+        Predictor.from_checkpoint(member.checkpoint, device, mixed_precision, tta, tta_views, name=str(member.path))
+        for member in members
+    ]
+    if len(predictors) == 1:
+        return predictors[0]
+    return EnsemblePredictor(predictors, [str(member.path) for member in members])
+
+
 def onnx_metadata(session, path) -> dict:
     """The JSON values of an exported model's metadata_props, refusing a model that scripts/export.py did not write."""
     metadata = session.get_modelmeta().custom_metadata_map
@@ -218,10 +274,11 @@ def import_export_package(name: str):
         raise UserError(f"{name} is not installed; ONNX export and inference need `{EXPORT_INSTALL}`.") from None
 
 
-def predictor_from_settings(checkpoint, settings: dict, onnx_model: str = "") -> ImagePredictor:
+def predictor_from_settings(members: list[Member], settings: dict, onnx_model: str = "") -> ImagePredictor:
     """The Predictor of scripts/evaluate.py and scripts/predict.py, from their shared settings DEVICE,
-    MIXED_PRECISION, TTA and TTA_VIEWS, after checking their BATCH_SIZE; `checkpoint` is a checkpoint dict or path.
-    With `onnx_model` (a path), an OnnxPredictor of that file instead, which runs on the CPU on THREADS threads."""
+    MIXED_PRECISION, TTA and TTA_VIEWS, after checking their BATCH_SIZE; `members` are the checkpoints of
+    model.checkpoint.load_members, several making an EnsemblePredictor. With `onnx_model` (a path), an OnnxPredictor
+    of that file instead, which runs on the CPU on THREADS threads."""
     if settings["BATCH_SIZE"] < 0:
         raise UserError("BATCH_SIZE must be at least 1, or 0 to pick it for the device.")
     if onnx_model:
@@ -230,8 +287,8 @@ def predictor_from_settings(checkpoint, settings: dict, onnx_model: str = "") ->
         return OnnxPredictor.from_file(
             onnx_model, settings["TTA"], threads=settings["THREADS"], tta_views=settings["TTA_VIEWS"]
         )
-    return Predictor.from_checkpoint(
-        checkpoint, settings["DEVICE"], settings["MIXED_PRECISION"], settings["TTA"], settings["TTA_VIEWS"]
+    return predictor_of(
+        members, settings["DEVICE"], settings["MIXED_PRECISION"], settings["TTA"], settings["TTA_VIEWS"]
     )
 
 
