@@ -8,10 +8,11 @@ size, with and without TTA), and write the ranked table to SWEEP_DIR/ranking.md 
     python scripts/sweep.py configs/seed.py --seeds 42 43 --test           # a chosen recipe, on test too
 
 Each run trains in SWEEP_DIR/<recipe>-seed<seed>/ (best.pth, last.pth, history.csv, summary.json, the evaluation
-JSON and CSV files, and run.log with everything its commands printed). A failed run is reported in the table and
-the others go on; the exit status is then 1. Ctrl-C or SIGTERM stops the running runs cleanly (each saves its state),
-writes the table of what finished and exits 130 or 143. Running the same command again continues: finished runs are
-not retrained (nor rescored), stopped ones resume where they were saved.
+JSON and CSV files, run.log with everything its commands printed, and with --tensorboard its TensorBoard events in
+tensorboard/, so that `tensorboard --logdir SWEEP_DIR` overlays the curves of every run). A failed run is reported in
+the table and the others go on; the exit status is then 1. Ctrl-C or SIGTERM stops the running runs cleanly (each
+saves its state), writes the table of what finished and exits 130 or 143. Running the same command again continues:
+finished runs are not retrained (nor rescored), stopped ones resume where they were saved.
 """
 
 import json
@@ -26,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find common/ and dataset/ from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find common/, dataset/ and utils/ from anywhere
 
 from common.config import parse_settings, script_constants
 from common.errors import UserError, run_main
@@ -34,6 +35,7 @@ from common.files import writable_folder, write_csv_atomic, write_text_atomic
 from common.signals import SignalForwarder
 from dataset import kvasir
 from dataset.loader import worker_count
+from utils.tensorboard_log import require_tensorboard
 
 SWEEP_DIR = "outputs/sweep"  # one folder per run, and the ranking (ranking.md, ranking.csv, ranking_recipes.csv)
 SEEDS = [42]  # every recipe is trained once per seed; the recipe table averages over them
@@ -42,6 +44,7 @@ DATA_DIR = "data"  # Kvasir-SEG as train.py gets it; fetched once, before any ru
 DEVICE = "auto"  # every train.py and evaluate.py runs on it (a recipe's DEVICE too): auto | cpu | cuda | cuda:N
 NUM_WORKERS = -1  # DataLoader workers per run; -1 shares the CPU cores: max(1, (CPU count - 1) // PARALLEL), <= 8
 TRAIN_FLAGS = ""  # appended to every train.py command, e.g. "--epochs 150" (a lone flag: --train-flags=--no-cache)
+TENSORBOARD = False  # each run writes TensorBoard events into RUN/tensorboard/ (train.py --tensorboard)
 TEST = False  # also score every run on the held-out test split (with TTA): only for recipes already chosen on val
 
 # ----------------------------------------------------------------------------------------------------------
@@ -55,7 +58,7 @@ SCORES = {
 }
 # train.py flags the sweep sets for each run, which TRAIN_FLAGS must not hold
 SET_PER_RUN = ("--seed", "--output-dir", "--checkpoint-path", "--resume", "--overwrite", "--data-dir", "--device",
-               "--num-workers")  # fmt: skip
+               "--num-workers", "--tensorboard")  # fmt: skip
 HEADERS = {  # the Markdown header of each column of ranking.csv and ranking_recipes.csv that the tables show
     "rank": "rank", "recipe": "recipe", "runs": "runs done", "seed": "seed", "status": "status",
     "best_epoch": "best epoch", "val_tta_dice": "val Dice TTA", "val_tta_dice_std": "± std over seeds",
@@ -111,6 +114,8 @@ def read_settings() -> dict:
     if config["PARALLEL"] < 1 or config["NUM_WORKERS"] < -1:
         raise UserError("PARALLEL must be at least 1 and NUM_WORKERS at least -1 (-1 shares the CPU cores).")
     config["TRAIN_FLAGS"] = train_flags(config["TRAIN_FLAGS"])
+    if config["TENSORBOARD"]:
+        require_tensorboard()  # once, rather than every run failing on it
     return config
 
 
@@ -124,7 +129,7 @@ def train_flags(text: str) -> list[str]:
     if clashes:
         raise UserError(
             f"TRAIN_FLAGS may not hold {', '.join(clashes)}: the sweep sets it for each run"
-            " (use the sweep's --seeds, --sweep-dir, --data-dir, --device or --num-workers)."
+            " (use the sweep's --seeds, --sweep-dir, --data-dir, --device, --num-workers or --tensorboard)."
         )
     return flags
 
@@ -178,7 +183,8 @@ def train_command(run: RecipeRun, config: dict, resume: bool) -> list[str]:
         sys.executable, str(TRAIN_SCRIPT), str(run.recipe), "--seed", str(run.seed), "--output-dir", str(run.folder),
         "--checkpoint-path", str(run.folder / "best.pth"), "--data-dir", config["DATA_DIR"],
         "--device", config["DEVICE"], "--num-workers", str(workers_per_run(config)), "--no-show-panels",
-        "--resume" if resume else "--overwrite", *config["TRAIN_FLAGS"],
+        "--resume" if resume else "--overwrite", *(["--tensorboard"] if config["TENSORBOARD"] else []),
+        *config["TRAIN_FLAGS"],
     ]  # fmt: skip
 
 
