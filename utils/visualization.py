@@ -88,7 +88,7 @@ def comparison_figure(images, masks, predictions, title: str = "", row_labels=No
     """
     aspects = [image.shape[0] / image.shape[1] for image in images]
     column_width = 3.6  # inches, of which the images fill about 3.1 once constrained layout has placed them
-    size = (2 * column_width + (1.4 if row_labels else 0.3), 3.1 * sum(aspects) + 1.2)
+    size = (2 * column_width + (2.0 if row_labels else 0.3), 3.1 * sum(aspects) + 1.2)
     figure, axes = new_figure(len(images), 2, size, window, height_ratios=aspects)
     for row, (image, mask, prediction) in enumerate(zip(images, masks, predictions, strict=True)):
         shown = outcome_overlay(image, mask, prediction)
@@ -128,7 +128,7 @@ def curves_figure(history: list[dict], learning_rates: list[tuple[int, float]], 
     rate_axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.1e}" if value else "0"))
     for axis in (loss_axis, score_axis, rate_axis):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_xlim(0, max(epochs[-1], 1))
+        axis.set_xlim(0, epochs[-1] + max(0.2, epochs[-1] / 50))  # a margin: the best epoch may be the last
         axis.grid(alpha=0.3)
     loss_axis.set(xlabel="epoch", ylabel="loss", title="training and validation loss")
     score_axis.set(
