@@ -26,11 +26,16 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
     return (image.detach().float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def new_figure(rows: int, columns: int, size: tuple[float, float], window: bool = False, height_ratios=None):
-    """A figure and its [rows, columns] axes: through pyplot when it is to open in a window, else a plain Figure."""
-    # constrained: titles never overlap the axes
-    figure = plt.figure(figsize=size, layout="constrained") if window else Figure(figsize=size, layout="constrained")
-    return figure, figure.subplots(rows, columns, squeeze=False, height_ratios=height_ratios)
+def blank_figure(size: tuple[float, float], window: bool = False, layout: str | None = "constrained"):
+    """An empty figure: through pyplot when it is to open in a window, else a plain Figure (constrained layout: titles
+    never overlap the axes)."""
+    return plt.figure(figsize=size, layout=layout) if window else Figure(figsize=size, layout=layout)
+
+
+def new_figure(rows: int, columns: int, size: tuple[float, float], window: bool = False):
+    """A figure and its [rows, columns] axes (see blank_figure)."""
+    figure = blank_figure(size, window)
+    return figure, figure.subplots(rows, columns, squeeze=False)
 
 
 OUTCOME_COLOURS = {  # RGB of each kind of pixel in a prediction drawn over its image
@@ -86,24 +91,30 @@ def comparison_figure(images, masks, predictions, title: str = "", row_labels=No
     Images are RGB [H, W, 3] (uint8, or float in [0, 1]) of any (per-row) size; masks and predictions [H, W] in
     {0, 1}, the size of their image. The column titles (at the top) and the colour key (at the bottom) appear once.
     """
-    aspects = [image.shape[0] / image.shape[1] for image in images]
-    column_width = 3.6  # inches, of which the images fill about 3.1 once constrained layout has placed them
-    size = (2 * column_width + (2.0 if row_labels else 0.3), 3.1 * sum(aspects) + 1.2)
-    figure, axes = new_figure(len(images), 2, size, window, height_ratios=aspects)
+    longest = max((len(line) for label in row_labels or [] for line in label.split("\n")), default=0)
+    label_width = 0.1 + 0.09 * longest  # inches: about the width of a character at 10 points
+    image_width, gap, top, bottom = 3.4, 0.08, 0.75, 0.45  # inches
+    heights = [image_width * image.shape[0] / image.shape[1] for image in images]
+    width, height = label_width + 2 * image_width + gap + 0.1, top + sum(heights) + gap * (len(images) - 1) + bottom
+    figure = blank_figure((width, height), window, layout=None)  # placed by hand: rows as tall as their images
+    lower = height - top
     for row, (image, mask, prediction) in enumerate(zip(images, masks, predictions, strict=True)):
-        shown = outcome_overlay(image, mask, prediction)
-        for axis, picture in zip(axes[row], (np.asarray(image), shown), strict=True):
-            axis.imshow(picture)
-            axis.set_xticks([])
-            axis.set_yticks([])
-        if row_labels:
-            axes[row][0].set_ylabel(row_labels[row], fontsize=10, rotation=0, ha="right", va="center")
-    axes[0][0].set_title("image", fontsize=11)
-    axes[0][1].set_title("prediction over the image", fontsize=11)
+        lower -= heights[row]
+        pictures = (np.asarray(image), outcome_overlay(image, mask, prediction))
+        for column, picture in enumerate(pictures):
+            left = label_width + column * (image_width + gap)
+            axis = figure.add_axes((left / width, lower / height, image_width / width, heights[row] / height))
+            axis.imshow(picture, aspect="auto")
+            axis.set(xticks=[], yticks=[])
+            if row == 0:
+                axis.set_title(("image", "prediction over the image")[column], fontsize=11)
+            if row_labels and column == 0:
+                axis.set_ylabel(row_labels[row], fontsize=10, rotation=0, ha="right", va="center", labelpad=6)
+        lower -= gap
     key = [Patch(color=np.array(colour) / 255, label=name) for name, colour in OUTCOME_COLOURS.items()]
-    figure.legend(handles=key, loc="outside lower center", ncols=3, fontsize=10, frameon=False)
+    figure.legend(handles=key, loc="lower center", ncols=3, fontsize=10, frameon=False)
     if title:
-        figure.suptitle(title, fontsize=12)
+        figure.suptitle(title, fontsize=12, y=1 - 0.12 / height)
     return figure
 
 
