@@ -9,12 +9,19 @@ from common.errors import UserError, first_few
 from common.files import exclusive_lock, remove_stale_temporaries, writable_folder
 
 RUN_FILES = ("last.pth", "history.csv", "summary.json", "curves.png")  # in the output folder, beside panels/
+TENSORBOARD_FOLDER = "tensorboard"  # in the output folder: the TensorBoard event files of utils/tensorboard_log.py
+EVENT_FILES = "events.out.tfevents.*"  # the names TensorBoard's writers give their files
 
 
 def run_files(output_dir: Path, checkpoint_path: Path) -> list[Path]:
     """The files a run writes that a new run would replace: its best model, resumable state, history and pictures."""
     candidates = [checkpoint_path, *(output_dir / name for name in RUN_FILES)]
-    return [path for path in candidates if path.is_file()] + sorted((output_dir / "panels").glob("epoch_*.png"))
+    panels = sorted((output_dir / "panels").glob("epoch_*.png"))
+    return (
+        [path for path in candidates if path.is_file()]
+        + panels
+        + sorted((output_dir / TENSORBOARD_FOLDER).glob(EVENT_FILES))
+    )
 
 
 def check_output_paths(output_dir: Path, checkpoint_path: Path, example: str) -> None:

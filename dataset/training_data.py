@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from common.distributed import Processes, main_process_first
 from common.errors import UserError
 from dataset import transforms
+from dataset.images import read_rgb
 from dataset.loader import loader_options, worker_count
 from dataset.sampler import RunBatchSampler
 from dataset.segmentation import PolypDataset
@@ -19,7 +20,8 @@ from dataset.sources import DataRecord, combined_split, file_digest, parse_sourc
 @dataclass
 class TrainingData:
     """The batches of one run: an augmented stream over all its remaining epochs, the validation batches (kept on
-    the device, as they never change), the fixed validation images its panels show, and the record of its data."""
+    the device, as they never change), the fixed validation images its panels show (with their ids and their
+    original height / width), and the record of its data."""
 
     record: DataRecord
     steps_per_epoch: int
@@ -27,6 +29,8 @@ class TrainingData:
     val_batches: list[tuple[torch.Tensor, torch.Tensor]]
     panel_images: torch.Tensor
     panel_masks: torch.Tensor
+    panel_ids: list[str]
+    panel_aspects: list[float]
 
 
 def prepare_data(
@@ -71,7 +75,9 @@ def prepare_data(
         (images.to(device, memory_format=memory_format), masks.to(device))
         for images, masks in DataLoader(val_set, batch_size=2 * config["BATCH_SIZE"])
     ]
-    panel_samples = [val_set[i] for i in range(min(config["PANEL_IMAGES"], len(val_set)))]
+    panel_pairs = val_set.pairs[: config["PANEL_IMAGES"]]
+    panel_samples = [val_set[i] for i in range(len(panel_pairs))]
+    panel_shapes = [read_rgb(image_path).shape for _, image_path, _ in panel_pairs]
     return TrainingData(
         DataRecord(sources, split, digests),
         batches.steps_per_epoch,
@@ -79,4 +85,6 @@ def prepare_data(
         val_batches,
         torch.stack([image for image, _ in panel_samples]),
         torch.stack([mask for _, mask in panel_samples]),
+        [sample_id for sample_id, _, _ in panel_pairs],
+        [height / width for height, width, _ in panel_shapes],
     )

@@ -22,6 +22,7 @@ all the keys below:
 | `config` | every training setting of the run, for the record |
 | `step`, `step_losses` | last.pth only: the steps done of `epoch`, and the loss of each of them |
 | `history`, `best_dice` | last.pth only: the rows of history.csv so far, and the best validation Dice so far |
+| `learning_rates` | last.pth only: (global step, learning rate) about 20 times per epoch, for the curves |
 | `optimizer_state`, `scaler_state` | last.pth only: the state dicts of the optimizer and of the loss scaler |
 | `rng_state` | last.pth only: PyTorch's random state, so a resumed run draws what an uninterrupted one would |
 | `ema_state` | last.pth only, with EMA_DECAY > 0: the moving average of the weights (an AveragedModel) |

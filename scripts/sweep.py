@@ -10,7 +10,8 @@ SWEEP_DIR/ranking.md and ranking.csv.
     python scripts/sweep.py configs/*.py --folds 5 --parallel 5            # 5-fold cross-validation of each
 
 Each run trains in SWEEP_DIR/<recipe>-seed<seed>/ (best.pth, last.pth, history.csv, summary.json, the evaluation
-JSON and CSV files, and run.log with everything its commands printed); with FOLDS in
+JSON and CSV files, run.log with everything its commands printed, and with --tensorboard its TensorBoard events in
+tensorboard/, so that `tensorboard --logdir SWEEP_DIR` overlays the curves of every run); with FOLDS in
 SWEEP_DIR/<recipe>-seed<seed>-folds<FOLDS>/fold<k>/, and evaluate.py and predict.py take the folder above the folds
 as the ensemble of its folds. A failed run is reported in the table and the others go on; the exit status is then 1.
 Ctrl-C or SIGTERM stops the running runs cleanly (each saves its state), writes the table of what finished and exits
@@ -30,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find common/ and dataset/ from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find common/, dataset/ and utils/ from anywhere
 
 from common.config import parse_settings, script_constants
 from common.errors import UserError, run_main
@@ -39,6 +40,7 @@ from common.signals import SignalForwarder
 from dataset import kvasir
 from dataset.loader import worker_count
 from dataset.splits import check_folds
+from utils.tensorboard_log import require_tensorboard
 
 SWEEP_DIR = "outputs/sweep"  # one folder per run, and the ranking (ranking.md, ranking.csv, ranking_recipes.csv)
 SEEDS = [42]  # every recipe is trained once per seed; the recipe table averages over them
@@ -48,6 +50,7 @@ DATA_DIR = "data"  # Kvasir-SEG as train.py gets it; fetched once, before any ru
 DEVICE = "auto"  # every train.py and evaluate.py runs on it (a recipe's DEVICE too): auto | cpu | cuda | cuda:N
 NUM_WORKERS = -1  # DataLoader workers per run; -1 shares the CPU cores: max(1, (CPU count - 1) // PARALLEL), <= 8
 TRAIN_FLAGS = ""  # appended to every train.py command, e.g. "--epochs 150" (a lone flag: --train-flags=--no-cache)
+TENSORBOARD = False  # each run writes TensorBoard events into RUN/tensorboard/ (train.py --tensorboard)
 TEST = False  # also score every run on the held-out test split (with TTA): only for recipes already chosen on val
 
 # ----------------------------------------------------------------------------------------------------------
@@ -61,7 +64,7 @@ SCORES = {
 }
 # train.py flags the sweep sets for each run, which TRAIN_FLAGS must not hold
 SET_PER_RUN = ("--seed", "--output-dir", "--checkpoint-path", "--resume", "--overwrite", "--data-dir", "--device",
-               "--num-workers", "--folds", "--fold")  # fmt: skip
+               "--num-workers", "--folds", "--fold", "--tensorboard")  # fmt: skip
 HEADERS = {  # the Markdown header of each column of ranking.csv and ranking_recipes.csv that the tables show
     "rank": "rank", "recipe": "recipe", "runs": "runs done", "seed": "seed", "fold": "fold", "status": "status",
     "best_epoch": "best epoch", "val_tta_dice": "val Dice TTA", "val_tta_dice_std": "± std over {runs}",
@@ -120,6 +123,8 @@ def read_settings() -> dict:
         raise UserError("PARALLEL must be at least 1 and NUM_WORKERS at least -1 (-1 shares the CPU cores).")
     check_folds(config["FOLDS"], 0)
     config["TRAIN_FLAGS"] = train_flags(config["TRAIN_FLAGS"])
+    if config["TENSORBOARD"]:
+        require_tensorboard()  # once, rather than every run failing on it
     return config
 
 
@@ -133,7 +138,7 @@ def train_flags(text: str) -> list[str]:
     if clashes:
         raise UserError(
             f"TRAIN_FLAGS may not hold {', '.join(clashes)}: the sweep sets it for each run"
-            " (use the sweep's --seeds, --folds, --sweep-dir, --data-dir, --device or --num-workers)."
+            " (use the sweep's --seeds, --folds, --sweep-dir, --data-dir, --device, --num-workers or --tensorboard)."
         )
     return flags
 
@@ -196,7 +201,7 @@ def train_command(run: RecipeRun, config: dict, resume: bool) -> list[str]:
         sys.executable, str(TRAIN_SCRIPT), str(run.recipe), "--seed", str(run.seed), "--output-dir", str(run.folder),
         "--checkpoint-path", str(run.folder / "best.pth"), "--data-dir", config["DATA_DIR"],
         "--device", config["DEVICE"], "--num-workers", str(workers_per_run(config)), "--no-show-panels",
-        "--resume" if resume else "--overwrite",
+        "--resume" if resume else "--overwrite", *(["--tensorboard"] if config["TENSORBOARD"] else []),
         *(["--folds", str(config["FOLDS"]), "--fold", str(run.fold)] if run.fold is not None else []),
         *config["TRAIN_FLAGS"],
     ]  # fmt: skip

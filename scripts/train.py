@@ -38,7 +38,7 @@ from common.distributed import (
     stop_processes,
 )
 from common.errors import UserError, run_main
-from common.files import write_csv_atomic, write_json_atomic
+from common.files import writable_folder, write_csv_atomic, write_json_atomic
 from common.run_folder import check_output_paths, held_run_folder
 from common.signals import StopRequest
 from dataset import kvasir, transforms
@@ -50,6 +50,7 @@ from model.unet import DeepSupervision, check_unet_size, smallest_input
 from utils.inference import THRESHOLD
 from utils.losses import LOSSES, deeply_supervised, make_loss
 from utils.metrics import binarize
+from utils.tensorboard_log import TensorBoardLog, events_folder, require_tensorboard
 from utils.training import (
     COMPILE_MODES,
     OPTIMIZERS,
@@ -59,6 +60,7 @@ from utils.training import (
     format_duration,
     gpu_sized_on_a_cpu,
     learning_rate_factor,
+    learning_rate_stride,
     make_optimizer,
     make_scaler,
     multi_scale_size,
@@ -118,9 +120,10 @@ DEVICE = "auto"  # auto (the GPU when there is one) | cpu | cuda | cuda:N
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 with loss scaling on GPUs without bf16); ignored on CPU
 COMPILE = "off"  # torch.compile mode of the training forward pass; off until scripts/benchmark.py shows a gain
 THREADS = 0  # PyTorch CPU threads; 0 keeps PyTorch's default (one per core). 1 is far faster on busy shared CPUs
-PANEL_EVERY = 5  # save (and show, where a window can open) input/truth/prediction panels every N epochs
+PANEL_EVERY = 5  # save (and show, where a window can open) panels of predictions over their images every N epochs
 PANEL_IMAGES = 4  # how many fixed validation images the panels show
 SHOW_PANELS = True  # also open the panels in a window when matplotlib has an interactive backend
+TENSORBOARD = False  # also write TensorBoard events to OUTPUT_DIR/tensorboard/ (needs requirements-tensorboard.txt)
 SAVE_EVERY = 60.0  # seconds between saves of the resumable state (also saved at the end and on Ctrl-C/SIGTERM)
 STOP_CHECK_STEPS = 10  # under torchrun, processes agree every this many steps whether a Ctrl-C/SIGTERM came
 OUTPUT_DIR = "outputs"  # history.csv, curves.png, panels/, last.pth (the resumable state), summary.json
@@ -138,7 +141,8 @@ CHOICES = {
 # What --resume may change: how the run is carried out, and EPOCHS (train longer); never the recipe.
 RESUME_MAY_CHANGE = (
     "DATA_DIR", "DATA_URL", "CACHE", "NUM_WORKERS", "DEVICE", "COMPILE", "THREADS", "PANEL_EVERY", "PANEL_IMAGES",
-    "SHOW_PANELS", "SAVE_EVERY", "STOP_CHECK_STEPS", "OUTPUT_DIR", "CHECKPOINT_PATH", "RESUME", "OVERWRITE", "EPOCHS",
+    "SHOW_PANELS", "TENSORBOARD", "SAVE_EVERY", "STOP_CHECK_STEPS", "OUTPUT_DIR", "CHECKPOINT_PATH", "RESUME",
+    "OVERWRITE", "EPOCHS",
 )  # fmt: skip
 # ----------------------------------------------------------------------------------------------------------
 
@@ -183,6 +187,8 @@ def check_settings(config: dict) -> None:
             raise UserError(f"{message}.")
     check_unet_size(config["BASE_CHANNELS"], config["DEPTH"])
     check_folds(config["FOLDS"], config["FOLD"])
+    if config["TENSORBOARD"]:
+        require_tensorboard()
     names = [parse_source(spec).name for spec in config["DATASETS"]]
     if len(set(names)) < len(names):
         raise UserError(f"DATASETS names a dataset twice ({', '.join(names)}); give each a name of its own.")
@@ -243,6 +249,7 @@ class Run:
     processes: Processes
     output_dir: Path
     checkpoint_path: Path
+    tensorboard: TensorBoardLog | None = None  # the main process's event files, with TENSORBOARD
 
     @property
     def last_path(self) -> Path:
@@ -266,6 +273,8 @@ def start_run(config: dict) -> Run:
     output_dir, checkpoint_path = Path(config["OUTPUT_DIR"]), Path(config["CHECKPOINT_PATH"])
     if processes.is_main:
         check_output_paths(output_dir, checkpoint_path, example=CHECKPOINT_PATH)
+        if config["TENSORBOARD"]:
+            writable_folder(events_folder(output_dir), "OUTPUT_DIR's TensorBoard folder")
     if gpu_sized_on_a_cpu(device, config["IMAGE_SIZE"], config["BASE_CHANNELS"]):
         print(
             f"note: this is the full GPU-sized recipe ({config['IMAGE_SIZE']} px, base width {config['BASE_CHANNELS']},"
@@ -353,9 +362,9 @@ def announce_training(run: Run, training: Training, total_steps: int) -> None:
 def end_epoch(
     run: Run, training: Training, data: TrainingData, progress: Progress, loss_fn, writer, seconds, learning_rate
 ) -> dict:
-    """Validate, then record the epoch: the best model, panels, history.csv and the curves are written by the
-    background `writer`. `seconds` holds the epoch's time so far in training and saving; `learning_rate` is the
-    next step's, which the history records. Returns the history row."""
+    """Validate, then record the epoch: the best model, panels, history.csv, the curves and the TensorBoard events
+    are written by the background `writer`. `seconds` holds the epoch's time so far in training and saving;
+    `learning_rate` is the next step's, which the history records. Returns the history row."""
     config, epoch, started = run.config, progress.epoch, time.perf_counter()
     validation = validate(training.evaluated, data.val_batches, loss_fn, run.device, run.amp_dtype)
     validated = time.perf_counter()
@@ -380,23 +389,32 @@ def end_epoch(
     row["seconds"] = round(seconds["train"] + seconds["save"] + time.perf_counter() - started, 3)
     progress.history.append(row)
     writer.submit("history", write_csv_atomic, run.output_dir / "history.csv", list(progress.history))
-    writer.submit("curves", write_curves, list(progress.history), run.output_dir / "curves.png")
+    steps = progress.steps_per_epoch
+    curves = (list(progress.history), list(progress.learning_rates), steps, run.output_dir / "curves.png")
+    writer.submit("curves", write_curves, *curves)
+    if run.tensorboard:
+        learning_rates = [point for point in progress.learning_rates if point[0] > (epoch - 1) * steps]
+        writer.submit(f"tensorboard epoch {epoch}", run.tensorboard.add_epoch, row, learning_rates, epoch * steps)
     print(epoch_line(row, improved))
     return row
 
 
 def save_panels(run: Run, model, data: TrainingData, epoch: int, writer) -> None:
-    """Predict the fixed validation images and save input / ground truth / prediction panels: drawn by the
-    background `writer`, or here when they also open in a window."""
+    """Predict the fixed validation images and save their panels (see panel_figure): drawn by the background
+    `writer`, or here when they also open in a window; with TENSORBOARD, logged as the epoch's image too."""
     with torch.inference_mode(), autocast(run.device, run.amp_dtype):
         predictions = binarize(model(data.panel_images.to(run.device, memory_format=run.memory_format))).cpu()
-    path, title = run.output_dir / "panels" / f"epoch_{epoch:03d}.png", f"epoch {epoch}: validation images"
+    path = run.output_dir / "panels" / f"epoch_{epoch:03d}.png"
+    title = f"epoch {epoch}: validation images (Dice at {run.config['IMAGE_SIZE']} px)"
+    pictures = (data.panel_images, data.panel_masks, predictions, data.panel_ids, data.panel_aspects)
     if run.config["SHOW_PANELS"] and can_show_windows():
-        figure = panel_figure(data.panel_images, data.panel_masks, predictions, title, window=True)
+        figure = panel_figure(*pictures, title, window=True)
         save_figure(figure, path)
         show_figure(figure)
     else:
-        writer.submit(path.name, write_panels, data.panel_images, data.panel_masks, predictions, path, title)
+        writer.submit(path.name, write_panels, *pictures, path, title)
+    if run.tensorboard:
+        writer.submit(f"tensorboard {path.name}", run.tensorboard.add_panels, path, epoch * data.steps_per_epoch)
 
 
 def epoch_line(row: dict, improved: bool) -> str:
@@ -462,6 +480,7 @@ def train(run: Run, training: Training, data: TrainingData, progress: Progress, 
     train_loss_fn = deeply_supervised(loss_fn, config["DEEP_SUPERVISION"]) if config["DEEP_SUPERVISION"] else loss_fn
     learning_rate = learning_rate_schedule(config, steps_per_epoch)
     batches, estimate = iter(data.train_loader), TimeEstimate(run.device, steps_per_epoch)
+    learning_rate_every = learning_rate_stride(steps_per_epoch)  # how often the curves record the rate
     periodic_save = PeriodicSave(config["SAVE_EVERY"])
     start_global_step, stopping = progress.global_step, False
     while progress.epoch <= epochs and not stopping:
@@ -472,7 +491,8 @@ def train(run: Run, training: Training, data: TrainingData, progress: Progress, 
             disable=not is_main,
         ):  # fmt: skip
             periodic_save.when_due(run, training, progress, data.record)
-            set_learning_rate(training.optimizer, learning_rate(progress.global_step))
+            step_rate = learning_rate(progress.global_step)
+            set_learning_rate(training.optimizer, step_rate)
             images, masks = next(batches)
             images = images.to(run.device, non_blocking=True, memory_format=run.memory_format)
             masks = masks.to(run.device, non_blocking=True)
@@ -489,6 +509,8 @@ def train(run: Run, training: Training, data: TrainingData, progress: Progress, 
             if training.ema:
                 training.ema.update_parameters(training.unet)
             stopping = agreed_stop(stop, run.processes, run.device, progress.global_step, config["STOP_CHECK_STEPS"])
+            if progress.epoch_step % learning_rate_every == 0:  # a Python float: no GPU synchronisation
+                progress.learning_rates.append((progress.global_step + 1, step_rate))
             progress.step_done(loss)
             if stopping:
                 break
@@ -526,7 +548,7 @@ def run_summary(
     progress: Progress, wall_seconds: float, images_trained: int, device, config: dict, threshold: float
 ) -> dict:
     """What OUTPUT_DIR/summary.json records of a finished run: its best epoch and how fast it ran end to end."""
-    best = max(progress.history, key=lambda row: row["val_dice"])
+    best = best_epoch(progress)
     return {
         "epochs": len(progress.history),
         "best_epoch": best["epoch"],
@@ -540,6 +562,32 @@ def run_summary(
         "threshold": threshold,
         "recipes": config["RECIPES"],
     }
+
+
+def open_tensorboard(run: Run, resuming: bool, progress: Progress) -> TensorBoardLog | None:
+    """With TENSORBOARD, the main process's event files in OUTPUT_DIR/tensorboard/. A resumed run writes its
+    current epoch again from its first step (an earlier process may have written part of it before being killed),
+    so TensorBoard hides what was written from there on."""
+    if not (run.config["TENSORBOARD"] and run.processes.is_main):
+        return None
+    resumed_from = (progress.epoch - 1) * progress.steps_per_epoch + 1 if resuming else None
+    return TensorBoardLog(events_folder(run.output_dir), resumed_from)
+
+
+def close_tensorboard(run: Run, progress: Progress, writer) -> None:
+    """Hand the event files their last writes: for a finished run, its recipe (the settings a resume may not
+    change, and EPOCHS) with its best validation Dice and IoU, for TensorBoard's HParams view."""
+    if progress.epoch > run.config["EPOCHS"]:
+        recipe = {name: value for name, value in run.config.items() if name not in RESUME_MAY_CHANGE}
+        settings = {**recipe, "EPOCHS": run.config["EPOCHS"]}
+        step = len(progress.history) * progress.steps_per_epoch
+        writer.submit("tensorboard settings", run.tensorboard.add_settings, settings, best_epoch(progress), step)
+    writer.submit("tensorboard close", run.tensorboard.close)
+
+
+def best_epoch(progress: Progress) -> dict:
+    """The history row of the epoch with the best validation Dice."""
+    return max(progress.history, key=lambda row: row["val_dice"])
 
 
 def main() -> int:
@@ -572,9 +620,12 @@ def main() -> int:
             BackgroundWriter() as writer,
             saved_on_error(run, training, progress, data.record),
         ):
+            run.tensorboard = open_tensorboard(run, resumed is not None, progress)
             images_trained = train(run, training, data, progress, stop, writer)
             if run.processes.is_main:
                 save_training_state(run.last_path, training, progress, data.record, run.config)
+            if run.tensorboard:
+                close_tensorboard(run, progress, writer)
         stop_processes(run.processes)
         if stop.requested and progress.epoch <= config["EPOCHS"]:
             where = f"epoch {progress.epoch} step {progress.epoch_step}"

@@ -12,11 +12,12 @@ import pytest
 
 from dataset.synthetic import make_kvasir_folder
 from tests.scripts import REPO
-from tests.train_runs import read_history
+from tests.train_runs import read_events, read_history
+from utils.tensorboard_log import event_files
 
 FLAGS = [
     "--device", "cpu", "--no-show-panels", "--image-size", "32", "--base-channels", "4", "--depth", "2",
-    "--batch-size", "4", "--num-workers", "1", "--epochs", "12", "--learning-rate", "3e-3",
+    "--batch-size", "4", "--num-workers", "1", "--epochs", "12", "--learning-rate", "3e-3", "--tensorboard",
 ]  # fmt: skip
 TOLERANCE = 0.03  # losses: on the CPU each process normalises its own half batch (no SyncBatchNorm there)
 
@@ -85,8 +86,14 @@ def test_two_processes_give_the_history_of_one_within_the_tolerance(runs):
     for column in ("train_loss", "val_loss"):
         gaps = [abs(float(a[column]) - float(b[column])) for a, b in zip(one, two, strict=True)]
         assert max(gaps) < TOLERANCE, (column, gaps)
-    files = {name: sorted(path.name for path in (tmp_path / name).rglob("*")) for name in ("one", "two")}
+    files = {name: sorted(map(file_kind, (tmp_path / name).rglob("*"))) for name in ("one", "two")}
     assert files["one"] == files["two"]  # the main process writes what a single process writes, once
+    assert files["two"].count("events.out.tfevents.*") == 1
+
+
+def file_kind(path: Path) -> str:
+    """A file's name, with the time, host and process id of a TensorBoard event file's name left out."""
+    return "events.out.tfevents.*" if path.name.startswith("events.out.tfevents.") else path.name
 
 
 @pytest.mark.slow
@@ -96,6 +103,11 @@ def test_ctrl_c_stops_every_process_once_and_the_run_resumes_exactly(runs):
     assert "again to stop at once" not in stopped_output  # torchrun passes the signal on a second time
     assert "resuming" in resumed.stdout
     assert read_history(tmp_path / "stopped" / "history.csv") == read_history(tmp_path / "two" / "history.csv")
+    assert len(event_files(tmp_path / "stopped")) == 2  # one per run of the main process
+    stopped, uninterrupted = read_events(tmp_path / "stopped"), read_events(tmp_path / "two")
+    for tag in uninterrupted.Tags()["scalars"]:
+        steps = [event.step for event in stopped.Scalars(tag)]
+        assert steps == sorted(set(steps)) == [event.step for event in uninterrupted.Scalars(tag)], tag
 
 
 @pytest.mark.slow

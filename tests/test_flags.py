@@ -81,7 +81,8 @@ PACKAGES = ("common", "dataset", "model", "utils")
 def function_in(module: str, name: str) -> ast.FunctionDef | None:
     """The top-level function `name` of the repository module `module` (dotted), or None."""
     path = REPO / Path(*module.split("."))
-    source = (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text()
+    module_file = path.with_suffix(".py")  # dataset/splits.py beside the folder dataset/splits/ of split lists
+    source = (module_file if module_file.is_file() else path / "__init__.py").read_text()
     return next(
         (node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef) and node.name == name), None
     )

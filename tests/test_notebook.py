@@ -3,6 +3,7 @@
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from traitlets.config import Config
 
 from tests.checkpoints import save_untrained_checkpoint
 from tests.scripts import REPO
@@ -17,16 +18,27 @@ def test_notebook_is_committed_without_outputs():
 
 
 @pytest.mark.slow
-def test_notebook_runs_and_shows_scores_and_panels(kvasir_dir, tmp_path, monkeypatch):
+def test_notebook_runs_and_shows_scores_and_panels(kvasir_dir, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("KVASIR_CHECKPOINT", str(save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir)))
     monkeypatch.setenv("KVASIR_DATA_DIR", str(kvasir_dir))
     monkeypatch.setenv("KVASIR_OUTPUT_DIR", str(tmp_path / "no-run"))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
+    # README's `jupyter nbconvert --execute --KernelManager.transport_encryption=auto`: the kernelspec of ipykernel
+    # declares CurveZMQ support, and with keys the kernel no longer warns that it runs over TCP without encryption
+    encrypted = Config({"KernelManager": {"transport_encryption": "auto"}})
     NotebookClient(
-        notebook, kernel_name="python3", timeout=300, resources={"metadata": {"path": NOTEBOOK.parent}}
+        notebook,
+        kernel_name="python3",
+        timeout=300,
+        resources={"metadata": {"path": NOTEBOOK.parent}},
+        config=encrypted,
     ).execute()
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     text = "".join(output.get("text", "") for output in outputs)
-    assert "2 test images: mean Dice" in text and "sample_" in text
-    assert any("image/png" in output.get("data", {}) for output in outputs)  # the panel figure
+    assert "2 test images: mean Dice" in text
+    tables = [output["data"]["text/markdown"] for output in outputs if "text/markdown" in output.get("data", {})]
+    assert len(tables) == 1 and tables[0].count("| sample_") == 2  # the worst and best few: both, with 2 images
+    figures = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert len(figures) == 2  # the Dice histogram and the predictions (no curves.png in KVASIR_OUTPUT_DIR)
     assert not [output for output in outputs if output.get("name") == "stderr"]  # no progress bars or warnings
+    assert "without encryption" not in capfd.readouterr().err  # the kernel's own log, outside the notebook

@@ -15,11 +15,12 @@ from common.files import exclusive_lock
 from common.signals import StopRequest
 from dataset.synthetic import make_kvasir_folder
 from tests.scripts import REPO
-from tests.train_runs import command_line, error_line, read_history, train_in_process
+from tests.train_runs import command_line, error_line, read_events, read_history, train_in_process
+from utils.tensorboard_log import event_files
 
 # long enough that a signal after epoch 1 lands mid-run; with the weight average and the auxiliary heads of deep
-# supervision, whose states must resume too
-EPOCHS = ["--epochs", "10", "--panel-every", "100", "--ema-decay", "0.9", "--deep-supervision", "0.5"]
+# supervision, whose states must resume too, and TensorBoard events, whose curves must go on without a step twice
+EPOCHS = ["--epochs", "10", "--panel-every", "100", "--ema-decay", "0.9", "--deep-supervision", "0.5", "--tensorboard"]
 EPOCH_LINE = re.compile(r"^epoch +\d+  train loss")
 
 
@@ -174,6 +175,22 @@ def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(interrupted_
         reference = torch.load(tmp_path / "reference" / name, weights_only=True)[weights]
         assert resumed.keys() == reference.keys()
         assert all(torch.equal(resumed[key], reference[key]) for key in reference)
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_continues_its_tensorboard_curves(interrupted_runs):
+    tmp_path, _ = interrupted_runs
+    resumed, reference = (read_events(tmp_path / name) for name in ("run", "reference"))
+    assert len(event_files(tmp_path / "run")) == 4  # the first run and its three resumptions
+    assert resumed.Tags()["scalars"] == reference.Tags()["scalars"]
+    for tag in reference.Tags()["scalars"]:
+        steps = [event.step for event in resumed.Scalars(tag)]
+        assert steps == sorted(set(steps)), tag  # strictly increasing: no step twice, none going back
+        assert steps == [event.step for event in reference.Scalars(tag)], tag
+    history = read_history(tmp_path / "run" / "history.csv")
+    assert [event.value for event in resumed.Scalars("validation/dice")] == pytest.approx(
+        [float(row["val_dice"]) for row in history], rel=1e-6
+    )
 
 
 def test_a_stop_taken_from_another_process_exits_with_its_signal():

@@ -7,6 +7,7 @@ import sys
 
 from common.errors import run_main
 from tests.scripts import load_script, run_script
+from utils.tensorboard_log import events_folder
 
 TINY = ["--image-size", "32", "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--num-workers", "0"]
 train_script = load_script("train")
@@ -67,3 +68,13 @@ def read_history(path):
     """history.csv rows without the wall-clock columns (`seconds`, `train_seconds`, ...)."""
     with open(path) as file:
         return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in csv.DictReader(file)]
+
+
+def read_events(run_folder):
+    """Every TensorBoard event of the run in `run_folder`, as TensorBoard's server loads them (purged steps hidden),
+    with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(events_folder(run_folder)), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return events

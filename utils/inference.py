@@ -4,7 +4,6 @@ scripts/evaluate.py, scripts/predict.py and notebooks/explore_predictions.ipynb;
 (`Predictor`), an ONNX model from scripts/export.py under ONNX Runtime (`OnnxPredictor`), or the mean of several
 models' probabilities (`EnsemblePredictor`, e.g. the folds of a cross-validation)."""
 
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 
 from common.device import autocast, autocast_dtype, configure_fast_path, resolve_device, seconds_per_call
 from common.errors import UserError
+from common.optional import import_optional
 from model.checkpoint import Member, describe_bad_preprocessing, load_checkpoint, load_members, model_from_checkpoint
 
 THRESHOLD = 0.5  # a pixel is polyp when its probability exceeds this, unless the checkpoint chose another threshold
@@ -268,10 +268,7 @@ def onnx_metadata(session, path) -> dict:
 
 def import_export_package(name: str):
     """Import one of the optional packages of requirements-export.txt, or refuse saying in one line how to get it."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        raise UserError(f"{name} is not installed; ONNX export and inference need `{EXPORT_INSTALL}`.") from None
+    return import_optional(name, f"ONNX export and inference need `{EXPORT_INSTALL}`")
 
 
 def predictor_from_settings(members: list[Member], settings: dict, onnx_model: str = "") -> ImagePredictor:

@@ -101,6 +101,12 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, learning_rate: float) ->
         group["lr"] = learning_rate
 
 
+def learning_rate_stride(steps_per_epoch: int, points: int = 20) -> int:
+    """Every how many steps a run records its learning rate for its curves: about `points` times per epoch, so a
+    warm-up of one epoch shows. The rate is a Python float the loop sets, so recording it never waits for the GPU."""
+    return max(1, steps_per_epoch // points)
+
+
 def format_duration(seconds: float) -> str:
     """A duration as a person reads it: '45 s', '12 min', '3 h 12 min', '2 days 5 h'."""
     if seconds < 90:

@@ -43,6 +43,7 @@ class Progress:
     step_losses: torch.Tensor  # the loss of each step of `epoch`, on the training device
     history: list[dict] = field(default_factory=list)
     best_dice: float = -1.0
+    learning_rates: list[tuple[int, float]] = field(default_factory=list)  # (global steps done, the last one's rate)
 
     @property
     def epoch_step(self) -> int:
@@ -69,6 +70,7 @@ def save_training_state(path: Path, training: Training, progress: Progress, reco
         step_losses=progress.step_losses.cpu(),
         history=progress.history,
         best_dice=progress.best_dice,
+        learning_rates=progress.learning_rates,
         optimizer_state=training.optimizer.state_dict(),
         scaler_state=training.scaler.state_dict(),
         rng_state=torch.get_rng_state(),
@@ -98,6 +100,7 @@ def restored_progress(state: dict, steps_per_epoch: int, device: torch.device) -
         state["step_losses"].to(device),
         state["history"],
         state["best_dice"],
+        state.get("learning_rates", []),  # absent from states saved before it was recorded
     )
 
 
