@@ -19,17 +19,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, m
 from common.config import parse_settings, script_constants
 from common.device import describe_device, use_threads
 from common.errors import UserError, run_main
-from common.files import write_csv_atomic, write_json_atomic
+from common.files import WRITTEN_BY, claim_output, csv_with_header, json_written_by, write_csv_atomic, write_json_atomic
 from dataset.images import read_rgb
 from dataset.sources import (
     SCORED_PARTS,
     DataRecord,
     Source,
+    absolute,
     held_out_pairs,
     parse_source,
     seen_images,
     source_pairs,
 )
+from dataset.splits import Split
 from model import load_checkpoint
 from utils import inference  # as a module: its THRESHOLD is not a setting of this script
 from utils.scoring import GLOBAL_METRICS, METRICS, score_pairs, summarize
@@ -49,6 +51,7 @@ MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 on GPUs without bf16); ign
 CSV = "outputs/evaluation/per_image.csv"  # one row per image: dataset, id, width, height, metrics, pixel counts
 JSON = ""  # when set, also write the summary as JSON to this path
 
+SCRIPT = "scripts/evaluate.py"  # the WRITTEN_BY mark of its JSON summaries
 METRIC_LABELS = {  # how the printed table names utils.scoring's METRICS
     "dice": "Dice",
     "iou": "IoU",
@@ -78,7 +81,8 @@ def scoring_targets(config: dict, record: DataRecord) -> list[Target]:
         for flag in ("IMAGES", "MASKS"):
             if not Path(config[flag]).is_dir():
                 raise UserError(f"--{flag.lower()} {config[flag]} is not a folder.")
-        sources = [Source(Path(config["IMAGES"]).resolve().parent.name or "images", config["IMAGES"], config["MASKS"])]
+        images, masks = absolute(config["IMAGES"]), absolute(config["MASKS"])
+        sources = [Source(images.parent.name or "images", str(images), str(masks))]
     else:
         sources = [parse_source(spec) for spec in config["DATASETS"]] or record.datasets
     if config["SPLIT"] not in SCORED_PARTS:
@@ -88,12 +92,36 @@ def scoring_targets(config: dict, record: DataRecord) -> list[Target]:
     for source in sources:
         if trained_on.get(source.name) == source:  # Kvasir-SEG is always Source('kvasir'), a folder its paths
             pairs = held_out_pairs(record, source, config["SPLIT"], config["DATA_DIR"])
-            kind = describe_part(source, record, config["SPLIT"])
+            kind = describe_part(source, record, config["SPLIT"]) + (f" of {source.images}" if source.images else "")
         else:
             pairs, kind = source_pairs(source, config["DATA_DIR"]), f"all images of {source.images or source.name}"
         refuse_seen_images(source.name, pairs, record, config["SPLIT"])
         targets.append(Target(source.name, pairs, f"{len(pairs)} images: {kind}"))
     return targets
+
+
+def checkpoint_record(checkpoint: dict, config: dict) -> DataRecord:
+    """What the checkpoint records of its training data, with relative folder paths (checkpoints written before paths
+    were recorded absolute) read from here, said so. A checkpoint that records no split can still score other data
+    (IMAGES/MASKS or DATASETS), said so, without the check that its images were not trained on."""
+    try:
+        record = DataRecord.from_checkpoint(checkpoint)
+    except UserError:
+        if not (config["IMAGES"] or config["DATASETS"]):
+            raise
+        print("note: the checkpoint records no training images, so nothing can check these were not trained on")
+        return DataRecord([], Split([], [], [], False), {})
+    for index, source in enumerate(record.datasets):
+        if source.images and not Path(source.images).is_absolute():
+            record.datasets[index] = Source(
+                source.name,
+                *(str(absolute(path)) if path else "" for path in (source.images, source.masks, source.test_list)),
+            )
+            print(
+                f"note: the checkpoint records dataset {source.name} by the relative path {source.images}, read from"
+                f" this working directory as {record.datasets[index].images}"
+            )
+    return record
 
 
 def describe_part(source: Source, record: DataRecord, part: str) -> str:
@@ -171,6 +199,21 @@ def summary_table(summary: dict) -> list[str]:
     return lines
 
 
+CSV_COLUMNS = ["dataset", "id"]  # how every per-image CSV of this script starts: how an earlier one is recognised
+
+
+def claim_outputs(config: dict) -> None:
+    """Before any scoring: refuse CSV and JSON paths that cannot be written, or that hold a file other than an
+    earlier output of this script (a checkpoint, another script's CSV), which is never replaced."""
+    claim_output(
+        config["CSV"], "--csv", lambda path: csv_with_header(path, CSV_COLUMNS), "a per-image CSV of evaluate.py"
+    )
+    if config["JSON"]:
+        claim_output(config["JSON"], "--json", lambda path: json_written_by(path, SCRIPT), "a summary of evaluate.py")
+    if config["JSON"] and Path(config["JSON"]).resolve() == Path(config["CSV"]).resolve():
+        raise UserError("--json and --csv are one file; give each its own path.")
+
+
 def write_files(config: dict, rows: list[dict], report: dict) -> None:
     """The per-image CSV and the JSON summary, after the report is on the screen: a failed write loses no scores."""
     try:
@@ -185,11 +228,12 @@ def write_files(config: dict, rows: list[dict], report: dict) -> None:
 
 def main() -> None:
     config = parse_settings(script_constants(globals()), __file__).values
+    claim_outputs(config)
     use_threads(config["THREADS"])
     checkpoint = load_checkpoint(config["CHECKPOINT"])
     predictor = inference.predictor_from_settings(checkpoint, config)
     batch_size = inference.inference_batch_size(config["BATCH_SIZE"], predictor.device)
-    targets = scoring_targets(config, DataRecord.from_checkpoint(checkpoint))
+    targets = scoring_targets(config, checkpoint_record(checkpoint, config))
     print(f"scoring {', '.join(target.name for target in targets)} on {describe_device(predictor.device)}")
 
     rows, datasets = [], []
@@ -200,7 +244,8 @@ def main() -> None:
     speed_images = [read_rgb(image_path) for _, image_path, _ in targets[0].pairs[:batch_size]]
     speed = inference.measure_speed(predictor, predictor.prepare(speed_images))
     report = {
-        "checkpoint": config["CHECKPOINT"],
+        WRITTEN_BY: SCRIPT,
+        "checkpoint": str(absolute(config["CHECKPOINT"])),
         "epoch": checkpoint.get("epoch"),
         "image_size": predictor.preprocessing["image_size"],
         "tta": config["TTA"],
