@@ -14,8 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
+from common.files import read_text_file
 
 SETTING_TYPES = (bool, int, float, str, list)
+# Switches that destroy earlier results: only a command line may give them, never a recipe file (a shared file,
+# whose switch would act on whoever runs it)
+COMMAND_LINE_ONLY = ("OVERWRITE",)
 
 
 def flag_name(constant: str) -> str:
@@ -136,34 +140,64 @@ def read_recipe(path, defaults: dict) -> dict:
     The file is parsed, never run, so a recipe cannot execute code.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"recipe file {path} not found (recipes live in configs/, e.g. configs/seed.py).")
-    try:
-        tree = ast.parse(path.read_text(), filename=str(path))
-    except SyntaxError as error:
-        raise UserError(f"{path} line {error.lineno}: not valid Python ({error.msg}).") from None
     values = {}
+    for name, value, line in recipe_constants(path):
+        where = f"{path} line {line}: {name}"
+        if name not in defaults:
+            raise UserError(f"{where} is not a setting of this script (see --help).")
+        if name in COMMAND_LINE_ONLY:
+            raise UserError(
+                f"{where} may not be set in a recipe file: it replaces earlier results, so only a command line"
+                f" gives it ({flag_name(name)}); delete the line."
+            )
+        values[name] = coerce(value, defaults[name], where)
+    return values
+
+
+def recipe_constants(path) -> list[tuple[str, object, int]]:
+    """The (name, value, line) of each `NAME = literal` of a recipe file, whose other lines may only be its docstring;
+    refuses a missing file, other encodings than UTF-8, invalid Python and values that are not literals."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"recipe file {path} not found (recipes live in configs/, e.g. configs/seed.py).")
+    text = read_text_file(path, "recipe file")
+    try:
+        tree = ast.parse(text, filename=str(path))
+    except (SyntaxError, ValueError) as error:  # ValueError: a NUL byte, in older Pythons
+        where = f" line {error.lineno}" if getattr(error, "lineno", None) else ""
+        raise UserError(f"{path}{where}: not valid Python ({getattr(error, 'msg', error)}).") from None
+    constants = []
     for node in tree.body:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
             continue  # the file's docstring
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
             raise UserError(f"{path} line {node.lineno}: a recipe holds only constants (NAME = value).")
         name = node.targets[0].id
-        if name not in defaults:
-            raise UserError(f"{path} line {node.lineno}: {name} is not a setting of this script (see --help).")
         try:
             value = ast.literal_eval(node.value)
-        except ValueError:
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # TypeError: {[1]: 2}, unhashable
             raise UserError(f"{path} line {node.lineno}: {name} must be a plain value, not an expression.") from None
-        values[name] = coerce(value, defaults[name], f"{path} line {node.lineno}: {name}")
-    return values
+        constants.append((name, value, node.lineno))
+    return constants
+
+
+def script_constant(script, name: str):
+    """The literal value of the top-level constant `name` in a script's source (parsed, not run: no imports)."""
+    for node in ast.parse(Path(script).read_text()).body:
+        if isinstance(node, ast.Assign) and [getattr(target, "id", None) for target in node.targets] == [name]:
+            return ast.literal_eval(node.value)
+    raise KeyError(f"{script} has no constant {name}")
 
 
 def coerce(value, default, where: str):
-    """`value` as the type of `default` (a whole number is accepted for a float setting)."""
+    """`value` as the type of `default` (a whole number is accepted for a float setting); a list's elements as the
+    type of the default's (strings, as the command line gives, when the default is empty)."""
     expected = type(default)
     if expected is float and type(value) is int:
         return float(value)
     if type(value) is not expected:
         raise UserError(f"{where} must be a {expected.__name__}, not {value!r}.")
+    if expected is list:
+        element = default[0] if default else ""
+        return [coerce(item, element, f"{where}'s elements") for item in value]
     return value

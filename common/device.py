@@ -82,3 +82,16 @@ def seconds_per_call(call, device: torch.device, warmup: int, calls: int = 3, mi
         call()
         repeats += 1
     return (synchronized_clock(device) - start) / repeats
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """The memory a run can still take on `device`: the GPU's free memory, or the machine's available memory
+    (MemAvailable of /proc/meminfo); None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None

@@ -123,6 +123,32 @@ def agreed_stop(stop, processes: Processes, device: torch.device, step: int | No
     return agreed != 0
 
 
+PEER_FAILURES = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Broken pipe",
+    "NCCL",
+)  # in gloo's and NCCL's errors
+
+
+@contextlib.contextmanager
+def peer_failure_reported(processes: Processes):
+    """Turn the error a collective raises when another process of the run died (kill -9, out of memory) into one
+    line, so that every survivor stops with a message instead of a traceback (or waiting for ever)."""
+    try:
+        yield
+    except RuntimeError as error:  # torch.distributed.DistError and gloo's errors are RuntimeErrors
+        if not processes.distributed or not (
+            isinstance(error, dist.DistError) or any(sign in str(error) for sign in PEER_FAILURES)
+        ):
+            raise
+        raise UserError(
+            f"another of the {processes.world_size} training processes stopped without a word (killed, or out of"
+            f" memory; torchrun names it), so process {processes.rank} stops too. Continue with --resume from the"
+            " last state saved (start again if none was)."
+        ) from None
+
+
 def stop_processes(processes: Processes) -> None:
     """Wait for every process, then leave the process group together (no-op for one process): a process that
     tears its group down while another still uses it aborts."""

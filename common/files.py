@@ -73,6 +73,41 @@ def _flush_to_disk(path: Path) -> None:
         os.close(descriptor)
 
 
+def read_text_file(path, what: str) -> str:
+    """The text of `path` (`what` it is, e.g. "recipe file"), read as UTF-8 with or without a byte-order mark;
+    a missing path, a folder, an unreadable file or other bytes (UTF-16, Latin-1) are refused in one line."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file; give the path of the file.")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} not found; check the path.") from None
+    except OSError as error:
+        raise UserError(f"cannot read {what} {path} ({error.strerror or error}).") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{what} {path} is UTF-16 text; save it as UTF-8 (plain text) and run again.")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); save it as"
+            " UTF-8 (plain text) and run again."
+        ) from None
+
+
+def make_staging_folder(parent, prefix: str) -> Path:
+    """A new hidden folder `parent/PREFIXrandom` with the permissions of the umask (tempfile.mkdtemp's are 0700,
+    which would lock other users out of a shared folder once it is renamed into place)."""
+    while True:
+        folder = Path(parent) / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            folder.mkdir(0o777)  # the kernel applies the umask
+            return folder
+        except FileExistsError:
+            continue
+
+
 def writable_folder(folder, setting: str) -> Path:
     """Create `folder` if needed and check that a file can be written in it, before any long work; refuse with
     the setting's name when it is a file, or cannot be created or written (read-only disk, no permission)."""
@@ -86,6 +121,66 @@ def writable_folder(folder, setting: str) -> Path:
     except OSError as error:
         raise UserError(f"cannot write into {folder} ({setting}): {error.strerror or error}.") from None
     return folder
+
+
+def writable_file(path, setting: str) -> Path:
+    """Check, before any work, that `path` can be written as a file: not a folder, in a folder that can be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{setting} {path} is a folder; give the path of a file.")
+    writable_folder(path.parent, f"{setting}'s folder")
+    return path
+
+
+def claim_output(path, setting: str, is_own_kind, kind: str) -> Path:
+    """Check, before any work, that `path` can be written and holds nothing but an earlier output of this kind
+    (`is_own_kind(path)` says whether it does): a file of any other kind (a checkpoint, a CSV of another script)
+    is refused rather than replaced."""
+    path = writable_file(path, setting)
+    if path.exists() and not is_own_kind(path):
+        raise UserError(
+            f"{setting} {path} already holds a file that is not {kind}; it is not replaced. Give another path, or"
+            " move that file away."
+        )
+    return path
+
+
+WRITTEN_BY = "written_by"  # the key of a JSON output that names the script that wrote it (see claim_output)
+
+
+def script_mark(script_file) -> str:
+    """The WRITTEN_BY value of a script's JSON outputs: 'scripts/NAME.py' for the script at `script_file`."""
+    return f"scripts/{Path(script_file).name}"
+
+
+def json_written_by(path, script: str) -> bool:
+    """Whether `path` holds a JSON object that `script` wrote (its WRITTEN_BY key names it)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get(WRITTEN_BY) == script
+
+
+def csv_with_header(path, columns) -> bool:
+    """Whether `path` is a CSV file whose header starts with `columns`."""
+    try:
+        with open(path, encoding="utf-8", newline="") as file:
+            header = next(csv.reader(file), [])
+    except (OSError, ValueError):
+        return False
+    return header[: len(columns)] == list(columns)
+
+
+def same_paths(paths: dict[str, Path]) -> tuple[str, str] | None:
+    """The names of two of `paths` (by name) that are one file, or one inside the other (a folder), else None:
+    the outputs of one command must never overwrite each other."""
+    resolved = {name: Path(path).resolve() for name, path in paths.items()}
+    for first, path in resolved.items():
+        for second, other in resolved.items():
+            if first != second and (path == other or path.is_relative_to(other)):
+                return first, second
+    return None
 
 
 def remove_stale_temporaries(folder, name: str = "*") -> list[Path]:
@@ -136,18 +231,19 @@ def remove_stale_folders(folder, pattern: str) -> list[Path]:
     return stale
 
 
-@contextlib.contextmanager
-def exclusive_lock(path, what: str):
-    """Hold an exclusive lock on `path` for the block, refusing (with the holder's pid) if another process has it.
+RUN_PATHS_ADVICE = "give this run a different --output-dir and --checkpoint-path"
 
-    The operating system drops the lock when the holder exits, even when it is killed.
+
+@contextlib.contextmanager
+def exclusive_lock(path, what: str, advice: str = RUN_PATHS_ADVICE):
+    """Hold an exclusive lock on `path` for the block, refusing (with the holder's pid, and `advice`) if another
+    process has it. The operating system drops the lock when the holder exits, even when it is killed.
     """
 
     def refuse(holder: str):
-        raise UserError(
-            f"another run (pid {holder}) is writing {what}; wait for it to finish, or give this run"
-            " a different --output-dir and --checkpoint-path."
-        )
+        if holder == str(os.getpid()):  # this process holds it already: two of its own paths are one file
+            raise UserError(f"{path} is locked twice by this run: two of its paths name one file; give each its own.")
+        raise UserError(f"another run (pid {holder}) is writing {what}; wait for it to finish, or {advice}.")
 
     with _lock(path, refuse):
         yield
@@ -171,15 +267,35 @@ def _lock(path, when_held):
     it: that call either raises (to refuse) or returns (to wait). The holder's pid is written into the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the kernel applies the umask
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            when_held(os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown")
+            when_held(_holder(descriptor))
             fcntl.flock(descriptor, fcntl.LOCK_EX)
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(descriptor)
+
+
+def _holder(descriptor: int) -> str:
+    """The pid written into a lock file by its holder ("unknown" when it has not written it yet)."""
+    return os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+
+
+def lock_holder(path) -> str | None:
+    """The pid of the process holding the lock `path` (see exclusive_lock), or None when no process holds it."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(descriptor)
+    finally:
+        os.close(descriptor)
+    return None

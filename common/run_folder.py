@@ -6,11 +6,12 @@ import contextlib
 from pathlib import Path
 
 from common.errors import UserError, first_few
-from common.files import exclusive_lock, remove_stale_temporaries, writable_folder
+from common.files import exclusive_lock, remove_stale_temporaries, same_paths, writable_folder
 
 RUN_FILES = ("last.pth", "history.csv", "summary.json", "curves.png")  # in the output folder, beside panels/
 TENSORBOARD_FOLDER = "tensorboard"  # in the output folder: the TensorBoard event files of utils/tensorboard_log.py
 EVENT_FILES = "events.out.tfevents.*"  # the names TensorBoard's writers give their files
+OWN_PATHS = (*RUN_FILES, "train.lock", "panels")  # every path of the output folder; the best model is none of them
 
 
 def run_files(output_dir: Path, checkpoint_path: Path) -> list[Path]:
@@ -31,6 +32,53 @@ def check_output_paths(output_dir: Path, checkpoint_path: Path, example: str) ->
     if checkpoint_path.is_dir():
         raise UserError(f"CHECKPOINT_PATH {checkpoint_path} is a folder; give a file path such as {example}.")
     writable_folder(checkpoint_path.parent, "CHECKPOINT_PATH's folder")
+    paths = {f"OUTPUT_DIR's {name}": output_dir / name for name in OWN_PATHS}
+    collision = same_paths({"CHECKPOINT_PATH": checkpoint_path, "its lock": checkpoint_lock(checkpoint_path), **paths})
+    if collision:
+        first, second = collision
+        raise UserError(
+            f"CHECKPOINT_PATH {checkpoint_path}: {first} would be {second} ({output_dir / second.split()[-1]}), and"
+            f" the two would overwrite each other; give the best model a path of its own, e.g. {output_dir}/best.pth."
+        )
+
+
+def checkpoint_lock(checkpoint_path: Path) -> Path:
+    """The lock file held while a run writes `checkpoint_path` (models/x.pth -> models/x.pth.lock)."""
+    return checkpoint_path.with_name(checkpoint_path.name + ".lock")
+
+
+def check_resumed_checkpoint_path(saved: str, given: str) -> None:
+    """A resumed run keeps its best model where it is: another CHECKPOINT_PATH is refused while the run's own exists
+    (it would end with two halves of one run's best model); a run whose model was moved away may name a new path."""
+    if Path(given).resolve() != Path(saved).resolve() and Path(saved).is_file():
+        raise UserError(
+            f"--resume keeps the run's best model at {saved}, where it started it; drop --checkpoint-path {given},"
+            " or move that file there first."
+        )
+
+
+def check_checkpoint_owner(checkpoint_path: Path, run_id, output_dir: Path, resuming: bool, read_config) -> None:
+    """Refuse a CHECKPOINT_PATH that holds something this run may not replace: a file that is no checkpoint (for
+    which `read_config`, reading a checkpoint's config, raises a UserError), or the best model of another run
+    (resuming: any run but this one; a new run: one of another OUTPUT_DIR)."""
+    if not checkpoint_path.is_file():
+        return
+    try:
+        other = read_config(checkpoint_path)
+    except UserError:
+        raise UserError(
+            f"CHECKPOINT_PATH {checkpoint_path} holds a file that is not a checkpoint of this repository; it is not"
+            " replaced. Give another --checkpoint-path, or move that file away."
+        ) from None
+    if not isinstance(other, dict) or other.get("RUN_ID") == run_id:
+        return
+    folder = other.get("RUN_FOLDER")
+    if resuming or (folder and Path(folder) != output_dir.resolve()):
+        raise UserError(
+            f"CHECKPOINT_PATH {checkpoint_path} is the best model of another run ({folder or 'an earlier run'}), which"
+            " this run would overwrite; give this run its own --checkpoint-path"
+            + (", the one it was started with (drop the flag)." if resuming else ".")
+        )
 
 
 def claim_run_files(output_dir: Path, checkpoint_path: Path, resuming: bool, overwrite: bool, describe=None) -> None:
@@ -50,12 +98,14 @@ def claim_run_files(output_dir: Path, checkpoint_path: Path, resuming: bool, ove
 
 
 @contextlib.contextmanager
-def held_run_folder(output_dir: Path, checkpoint_path: Path, resuming: bool, overwrite: bool, describe=None):
+def held_run_folder(
+    output_dir: Path, checkpoint_path: Path, resuming: bool, overwrite: bool, run_id, read_config, describe=None
+):
     """Hold the run's output folder and checkpoint against other runs for the block, after tidying what a killed
-    run left and claiming the paths (see claim_run_files, which `describe` is passed to)."""
+    run left and claiming the paths (see check_checkpoint_owner and claim_run_files, which `describe` is passed to)."""
     with (
         exclusive_lock(output_dir / "train.lock", str(output_dir)),
-        exclusive_lock(checkpoint_path.with_suffix(".lock"), str(checkpoint_path)),
+        exclusive_lock(checkpoint_lock(checkpoint_path), str(checkpoint_path)),
     ):
         for folder, name in (
             (output_dir, "*"),
@@ -63,5 +113,6 @@ def held_run_folder(output_dir: Path, checkpoint_path: Path, resuming: bool, ove
             (checkpoint_path.parent, checkpoint_path.name),
         ):
             remove_stale_temporaries(folder, name)  # left by a run killed mid-write; never read, only tidied
+        check_checkpoint_owner(checkpoint_path, run_id, output_dir, resuming, read_config)
         claim_run_files(output_dir, checkpoint_path, resuming, overwrite, describe)
         yield

@@ -3,6 +3,8 @@
 The cache folder name holds a hash of the file names, sizes and modification times and of the image size,
 so editing, adding or removing a source file, or changing the size, makes a new cache instead of a stale hit.
 Runs sharing a cache folder build it once, under a lock; one that cannot write there reads the image files instead.
+A cache folder whose arrays are missing or cut short (a file deleted, a disk that filled up) is rebuilt; its folders
+and files get the permissions of the umask, so users sharing DATA_DIR share the cache.
 """
 
 import functools
@@ -10,14 +12,20 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from common.errors import DatasetError
-from common.files import NO_SPACE_ERRNOS, NOT_WRITABLE_ERRNOS, remove_stale_folders, stale_folders, waiting_lock
+from common.files import (
+    NO_SPACE_ERRNOS,
+    NOT_WRITABLE_ERRNOS,
+    make_staging_folder,
+    remove_stale_folders,
+    stale_folders,
+    waiting_lock,
+)
 from common.signals import sigterm_cleans_up
 from dataset.images import load_pair
 
@@ -47,13 +55,17 @@ def cache_folder(pairs, size: int, cache_dir) -> Path | None:
     """
     cache_dir = Path(cache_dir)
     folder = cache_dir / f"{size}px-{cache_key(pairs, size)}"
-    if (folder / "masks.npy").exists() and not stale_folders(cache_dir, STAGING_PATTERN):
+    if is_complete(folder, len(pairs), size) and not stale_folders(cache_dir, STAGING_PATTERN):
         return folder
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with waiting_lock(cache_dir / LOCK_NAME, f"caching images in {cache_dir}"):
             remove_stale_folders(cache_dir, STAGING_PATTERN)
-            if not (folder / "masks.npy").exists():
+            if not is_complete(folder, len(pairs), size):
+                if folder.exists():
+                    print(f"note: the image cache {folder} is incomplete (a file missing or cut short); rebuilding it")
+                    shutil.rmtree(folder)
+                check_space(cache_dir, len(pairs), size)
                 _build(pairs, size, folder)
     except OSError as error:
         if error.errno in NO_SPACE_ERRNOS:
@@ -66,6 +78,26 @@ def cache_folder(pairs, size: int, cache_dir) -> Path | None:
         _note_unwritable(cache_dir, error.strerror)
         return None
     return folder
+
+
+def is_complete(folder: Path, count: int, size: int) -> bool:
+    """Whether `folder` holds both arrays of a finished cache of `count` images at `size`, each file as long as its
+    header says (a deleted or truncated file is not)."""
+    shapes = {"images.npy": (count, size, size, 3), "masks.npy": (count, size, size)}
+    try:
+        return all(np.load(folder / name, mmap_mode="r").shape == shape for name, shape in shapes.items())
+    except (OSError, ValueError, EOFError):
+        return False
+
+
+def check_space(cache_dir: Path, count: int, size: int) -> None:
+    """Refuse, before decoding anything, a cache larger than the free space of `cache_dir`'s disk."""
+    need, free = _cache_bytes(count, size), shutil.disk_usage(cache_dir).free
+    if need > free:
+        raise DatasetError(
+            f"the image cache of {count} images at {size} px needs {need / 2**30:.1f} GiB in {cache_dir}, where"
+            f" {free / 2**30:.1f} GiB are free; lower --image-size, free space, or run with --no-cache."
+        )
 
 
 @functools.cache
@@ -96,7 +128,7 @@ def _build(pairs, size: int, folder: Path) -> None:
     OSError, where writing through a memory map would crash with SIGBUS), flushed to disk and renamed into place.
     Ctrl-C, SIGTERM and errors remove the staging folder; kill -9 leaves it to the next build."""
     with sigterm_cleans_up():
-        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+        staging = make_staging_folder(folder.parent, f".{folder.name}.")
         try:
             with open(staging / "images.npy", "wb") as images, open(staging / "masks.npy", "wb") as masks:
                 _write_npy_header(images, (len(pairs), size, size, 3))

@@ -2,11 +2,17 @@
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from common.errors import DatasetError, UserError, first_few
-from common.files import NO_SPACE_ERRNOS, NOT_WRITABLE_ERRNOS, remove_stale_folders, stale_folders, waiting_lock
+from common.files import (
+    NO_SPACE_ERRNOS,
+    NOT_WRITABLE_ERRNOS,
+    make_staging_folder,
+    remove_stale_folders,
+    stale_folders,
+    waiting_lock,
+)
 from common.signals import sigterm_cleans_up
 from dataset.archive import is_cut_short_zip, require_zip, safe_extract_zip, unpacked_size
 from dataset.download import DownloadError, IncompleteDownload, download_file
@@ -98,7 +104,7 @@ def extract_kvasir_zip(zip_path: Path, root: Path) -> None:
     """
     print(f"extracting {zip_path}")
     with sigterm_cleans_up():
-        staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=STAGING_PREFIX))
+        staging = make_staging_folder(root.parent, STAGING_PREFIX)
         try:
             safe_extract_zip(zip_path, staging)
             extracted = _find_dataset_folder(staging, zip_path)

@@ -8,6 +8,7 @@ from pathlib import Path
 from sklearn.model_selection import KFold, train_test_split
 
 from common.errors import UserError
+from common.files import read_text_file
 
 SPLIT_DIR = Path(__file__).parent / "splits"
 FALLBACK_TEST_FRACTION = 0.12  # the official split's 120 of 1000
@@ -43,9 +44,9 @@ class Split:
         return cls(saved["train"], saved["val"], saved["test"], bool(saved.get("official")), folds, fold)
 
 
-def read_ids(path) -> list[str]:
-    """One id per line, blank lines ignored."""
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+def read_ids(path, what: str = "id list") -> list[str]:
+    """One id per line, blank lines ignored (UTF-8, a byte-order mark allowed; else refused, naming the file)."""
+    return [line.strip() for line in read_text_file(path, what).splitlines() if line.strip()]
 
 
 def official_split() -> tuple[list[str], list[str]]:

@@ -14,7 +14,17 @@ from dataset.images import read_rgb
 from dataset.loader import loader_options, worker_count
 from dataset.sampler import RunBatchSampler
 from dataset.segmentation import PolypDataset
-from dataset.sources import DataRecord, combined_split, file_digest, parse_source, source_pairs, source_split
+from dataset.sources import (
+    DataRecord,
+    combined_split,
+    file_digest,
+    image_thumbnail,
+    parse_source,
+    refuse_shared_images,
+    resumed_split,
+    source_pairs,
+    source_split,
+)
 
 
 @dataclass
@@ -34,30 +44,36 @@ class TrainingData:
 
 
 def prepare_data(
-    config: dict, processes: Processes, device: torch.device, memory_format, first_epoch: int, first_step: int
+    config: dict,
+    processes: Processes,
+    device: torch.device,
+    memory_format,
+    first_epoch: int,
+    first_step: int,
+    saved: DataRecord | None = None,
 ) -> TrainingData:
-    """Get and split every dataset of scripts/train.py's DATASETS, and build the training stream from step
-    `first_step` of epoch `first_epoch` on, and the validation batches of all of them together, on `device`."""
-    sources, pairs, splits = [parse_source(spec) for spec in config["DATASETS"]], [], []
+    """Get and split every dataset of scripts/train.py's DATASETS (a resumed run: the datasets and split it `saved`),
+    and build the training stream from step `first_step` of epoch `first_epoch` on, and the validation batches of all
+    of them together, on `device`."""
+    sources, pairs, splits = saved.datasets if saved else [parse_source(spec) for spec in config["DATASETS"]], [], []
     for source in sources:
         with main_process_first(processes):  # one process downloads and extracts; the others then read
             found = source_pairs(source, config["DATA_DIR"], config["DATA_URL"])
-        splits.append(
-            source_split(
-                source,
-                [i for i, _, _ in found],
-                config["VAL_FRACTION"],
-                config["SEED"],
-                config["FOLDS"],
-                config["FOLD"],
+        if not saved:
+            ids = [sample_id for sample_id, _, _ in found]
+            splits.append(
+                source_split(source, ids, config["VAL_FRACTION"], config["SEED"], config["FOLDS"], config["FOLD"])
             )
-        )
         pairs += found
-    split = combined_split(splits)
+    by_id = {pair[0]: pair for pair in pairs}
+    digests = {sample_id: file_digest(image) for sample_id, image, _ in pairs}
+    split = resumed_split(saved, digests, ", ".join(config["DATASETS"])) if saved else combined_split(splits)
     fold = f" (fold {split.fold} of {split.folds})" if split.folds else ""
     print(f"split: {len(split.train)} train / {len(split.val)} validation{fold} / {len(split.test)} test (held out)")
-    by_id = {pair[0]: pair for pair in pairs}
-    digests = {sample_id: file_digest(by_id[sample_id][1]) for sample_id in split.train + split.val}
+    refuse_shared_images(digests)
+    learnt = split.train + split.val
+    thumbnails = {sample_id: image_thumbnail(by_id[sample_id][1]) for sample_id in learnt}
+    digests = {sample_id: digests[sample_id] for sample_id in learnt}
     cache_dir = Path(config["DATA_DIR"]) / "cache" if config["CACHE"] else None
     augment, no_augment = transforms.build_transform(config["AUGMENTATION"]), transforms.build_transform("none")
     with main_process_first(processes):  # one process builds the cache; the others then open it
@@ -79,7 +95,7 @@ def prepare_data(
     panel_samples = [val_set[i] for i in range(len(panel_pairs))]
     panel_shapes = [read_rgb(image_path).shape for _, image_path, _ in panel_pairs]
     return TrainingData(
-        DataRecord(sources, split, digests),
+        DataRecord(sources, split, digests, thumbnails),
         batches.steps_per_epoch,
         loader,
         val_batches,

@@ -19,7 +19,8 @@ all the keys below:
 | `datasets` | the datasets trained on: `name`, and for a folder its `images` and `masks` folders and `test_list` |
 | `split` | the ids of the `train`, `val` and `test` parts, whether the test ids are `official`, and `folds`, `fold` |
 | `digests` | a content digest of every training and validation image, so no copy of one is ever scored as held out |
-| `config` | every training setting of the run, for the record |
+| `thumbnails` | every training and validation image in grey at 16 x 16 (hex): finds re-encoded or resized copies |
+| `config` | every training setting of the run, for the record, with its `RUN_ID` and absolute `RUN_FOLDER` |
 | `step`, `step_losses` | last.pth only: the steps done of `epoch`, and the loss of each of them |
 | `history`, `best_dice` | last.pth only: the rows of history.csv so far, and the best validation Dice so far |
 | `learning_rates` | last.pth only: (global step, learning rate) about 20 times per epoch, for the curves |

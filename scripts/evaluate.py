@@ -20,17 +20,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, m
 from common.config import parse_settings, script_constants
 from common.device import describe_device, use_threads
 from common.errors import UserError, run_main
-from common.files import write_csv_atomic, write_json_atomic
+from common.files import (
+    WRITTEN_BY,
+    claim_output,
+    csv_with_header,
+    json_written_by,
+    script_mark,
+    write_csv_atomic,
+    write_json_atomic,
+)
 from dataset.images import read_rgb
 from dataset.sources import (
     SCORED_PARTS,
     DataRecord,
     Source,
+    absolute,
     held_out_pairs,
     parse_source,
     seen_images,
     source_pairs,
 )
+from dataset.splits import Split
 from model.checkpoint import Member, data_record, load_members
 from utils import inference  # as a module: its THRESHOLD is not a setting of this script
 from utils.scoring import GLOBAL_METRICS, METRICS, score_pairs, summarize
@@ -79,7 +89,8 @@ def scoring_targets(config: dict, record: DataRecord) -> list[Target]:
         for flag in ("IMAGES", "MASKS"):
             if not Path(config[flag]).is_dir():
                 raise UserError(f"--{flag.lower()} {config[flag]} is not a folder.")
-        sources = [Source(Path(config["IMAGES"]).resolve().parent.name or "images", config["IMAGES"], config["MASKS"])]
+        images, masks = absolute(config["IMAGES"]), absolute(config["MASKS"])
+        sources = [Source(images.parent.name or "images", str(images), str(masks))]
     else:
         sources = [parse_source(spec) for spec in config["DATASETS"]] or record.datasets
     if config["SPLIT"] not in SCORED_PARTS:
@@ -89,7 +100,7 @@ def scoring_targets(config: dict, record: DataRecord) -> list[Target]:
     for source in sources:
         if trained_on.get(source.name) == source:  # Kvasir-SEG is always Source('kvasir'), a folder its paths
             pairs = held_out_pairs(record, source, config["SPLIT"], config["DATA_DIR"])
-            kind = describe_part(source, record, config["SPLIT"])
+            kind = describe_part(source, record, config["SPLIT"]) + (f" of {source.images}" if source.images else "")
         else:
             pairs, kind = source_pairs(source, config["DATA_DIR"]), f"all images of {source.images or source.name}"
         if not pairs:
@@ -101,6 +112,30 @@ def scoring_targets(config: dict, record: DataRecord) -> list[Target]:
         refuse_seen_images(source.name, pairs, record, config["SPLIT"])
         targets.append(Target(source.name, pairs, f"{len(pairs)} images: {kind}"))
     return targets
+
+
+def checkpoint_record(checkpoint: dict, config: dict) -> DataRecord:
+    """What the checkpoint records of its training data, with relative folder paths (checkpoints written before paths
+    were recorded absolute) read from here, said so. A checkpoint that records no split can still score other data
+    (IMAGES/MASKS or DATASETS), said so, without the check that its images were not trained on."""
+    try:
+        record = DataRecord.from_checkpoint(checkpoint)
+    except UserError:
+        if not (config["IMAGES"] or config["DATASETS"]):
+            raise
+        print("note: the checkpoint records no training images, so nothing can check these were not trained on")
+        return DataRecord([], Split([], [], [], False), {})
+    for index, source in enumerate(record.datasets):
+        if source.images and not Path(source.images).is_absolute():
+            record.datasets[index] = Source(
+                source.name,
+                *(str(absolute(path)) if path else "" for path in (source.images, source.masks, source.test_list)),
+            )
+            print(
+                f"note: the checkpoint records dataset {source.name} by the relative path {source.images}, read from"
+                f" this working directory as {record.datasets[index].images}"
+            )
+    return record
 
 
 def describe_part(source: Source, record: DataRecord, part: str) -> str:
@@ -223,6 +258,26 @@ def summary_table(summary: dict) -> list[str]:
     return lines
 
 
+CSV_COLUMNS = ("dataset", "id")  # how every per-image CSV of this script starts: how an earlier one is recognised
+
+
+def claim_outputs(config: dict) -> None:
+    """Before any scoring: refuse CSV and JSON paths that cannot be written, or that hold a file other than an
+    earlier output of this script (a checkpoint, another script's CSV), which is never replaced."""
+    claim_output(
+        config["CSV"], "--csv", lambda path: csv_with_header(path, CSV_COLUMNS), "a per-image CSV of evaluate.py"
+    )
+    if config["JSON"]:
+        claim_output(
+            config["JSON"],
+            "--json",
+            lambda path: json_written_by(path, script_mark(__file__)),
+            "a summary of evaluate.py",
+        )
+    if config["JSON"] and Path(config["JSON"]).resolve() == Path(config["CSV"]).resolve():
+        raise UserError("--json and --csv are one file; give each its own path.")
+
+
 def write_files(config: dict, rows: list[dict], report: dict) -> None:
     """The per-image CSV and the JSON summary, after the report is on the screen: a failed write loses no scores."""
     try:
@@ -237,11 +292,13 @@ def write_files(config: dict, rows: list[dict], report: dict) -> None:
 
 def main() -> None:
     config = parse_settings(script_constants(globals()), __file__).values
+    claim_outputs(config)
     use_threads(config["THREADS"])
     members = load_members(config["CHECKPOINT"])
     predictor = inference.predictor_from_settings(members, config)
     batch_size = inference.inference_batch_size(config["BATCH_SIZE"], predictor.device)
-    targets = scoring_targets(config, data_record(members))
+    record = checkpoint_record(members[0].checkpoint, config) if len(members) == 1 else data_record(members)
+    targets = scoring_targets(config, record)
     print(f"scoring {', '.join(target.name for target in targets)} on {describe_device(predictor.device)}")
 
     rows, datasets = [], []
@@ -254,6 +311,7 @@ def main() -> None:
     rows_of_members = member_rows(members, predictor)
     single = rows_of_members[0] if len(members) == 1 else {}
     report = {
+        WRITTEN_BY: script_mark(__file__),
         **{key: single.get(key) for key in ("checkpoint", "epoch", "image_size")},  # of one checkpoint; else None
         "members": rows_of_members,
         "tta": config["TTA"],

@@ -31,7 +31,7 @@ from torch.export import Dim
 from common.config import parse_settings, script_constants
 from common.device import describe_device
 from common.errors import UserError, run_main
-from common.files import atomic_path, write_json_atomic
+from common.files import WRITTEN_BY, atomic_path, claim_output, json_written_by, script_mark, write_json_atomic
 from dataset.synthetic import make_sample
 from model import load_checkpoint
 from utils import inference
@@ -67,8 +67,6 @@ def single_checkpoint(names: list[str]) -> str:
 
 def sizes_to_check(config: dict, image_size: int, depth: int) -> list[tuple[int, int]]:
     """The (height, width) sizes to check, the training size first, after refusing settings that cannot work."""
-    if Path(config["OUTPUT"]).resolve() == Path(config["CHECKPOINT"]).resolve():
-        raise UserError("OUTPUT is the checkpoint itself; give the ONNX file another path.")
     if config["OPSET"] < 18:
         raise UserError(f"OPSET {config['OPSET']} is too old: torch's ONNX exporter writes opset 18 and later.")
     if not config["TOLERANCE"] >= 0:
@@ -81,6 +79,29 @@ def sizes_to_check(config: dict, image_size: int, depth: int) -> list[tuple[int,
         if min(height, width) < smallest:
             raise UserError(f"check size {width}x{height} is below {smallest} px, a depth-{depth} U-Net's least.")
     return sizes
+
+
+def is_export(path: Path) -> bool:
+    """Whether `path` holds an ONNX model written by this script (its metadata_props hold preprocessing and
+    model_config): the only file OUTPUT may replace."""
+    onnx = inference.import_export_package("onnx")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx raises protobuf's and its own errors for files that are not ONNX models
+        return False
+    return {"preprocessing", "model_config"} <= {prop.key for prop in model.metadata_props}
+
+
+def claim_outputs(config: dict) -> None:
+    """Before any work: refuse OUTPUT and JSON paths that cannot be written or hold a file of another kind (a
+    checkpoint, say), which is never replaced; and the two being one file."""
+    claim_output(config["OUTPUT"], "--output", is_export, "an ONNX model of export.py")
+    if config["JSON"]:
+        claim_output(
+            config["JSON"], "--json", lambda path: json_written_by(path, script_mark(__file__)), "a report of export.py"
+        )
+        if Path(config["JSON"]).resolve() == Path(config["OUTPUT"]).resolve():
+            raise UserError("--json and --output are one file; give each its own path.")
 
 
 def synthetic_batch(preprocessing: dict, height: int, width: int, count: int, rng: np.random.Generator) -> torch.Tensor:
@@ -176,6 +197,9 @@ def main() -> None:
     config = parse_settings(script_constants(globals()), __file__).values
     config["CHECKPOINT"] = single_checkpoint(config["CHECKPOINT"])
     packages = {name: inference.import_export_package(name) for name in ("onnx", "onnxscript", "onnxruntime")}
+    if Path(config["OUTPUT"]).resolve() == Path(config["CHECKPOINT"]).resolve():
+        raise UserError("OUTPUT is the checkpoint itself; give the ONNX file another path.")
+    claim_outputs(config)
     checkpoint = load_checkpoint(config["CHECKPOINT"])
     pytorch = inference.Predictor.from_checkpoint(checkpoint, device="cpu", mixed_precision=False)
     pytorch.preprocessing = {**pytorch.preprocessing, "threshold": pytorch.threshold}  # the ONNX file carries it
@@ -185,7 +209,8 @@ def main() -> None:
         export_onnx(pytorch.model, pytorch.preprocessing, temporary, config["OPSET"])
         onnxruntime = inference.OnnxPredictor.from_file(temporary, threads=torch.get_num_threads())
         print(f"exported {config['CHECKPOINT']} at opset {config['OPSET']}; ONNX Runtime against PyTorch on the CPU:")
-        report = {"checkpoint": config["CHECKPOINT"], "output": config["OUTPUT"], "opset": config["OPSET"]}
+        report = {WRITTEN_BY: script_mark(__file__), "checkpoint": config["CHECKPOINT"], "output": config["OUTPUT"]}
+        report["opset"] = config["OPSET"]
         report |= check_export(pytorch, onnxruntime, sizes, config)
         report["versions"] = {"torch": torch.__version__} | {name: p.__version__ for name, p in packages.items()}
         if config["JSON"]:

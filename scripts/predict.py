@@ -25,6 +25,7 @@ from tqdm import tqdm
 from common.config import parse_settings, script_constants
 from common.device import describe_device, use_threads
 from common.errors import UserError, first_few, run_main
+from common.files import writable_folder
 from dataset.images import read_rgb, write_png
 from dataset.kvasir import IMAGE_SUFFIXES
 from model.checkpoint import load_members
@@ -84,25 +85,42 @@ def output_paths(path: Path, output_dir: Path) -> dict[str, Path]:
 
 
 def check_outputs(inputs: list[str], paths: list[Path], output_dir: Path, overwrite: bool) -> None:
-    """Refuse, before any prediction, an OUTPUT that is an input folder, an output file that is an input, and
-    (without `overwrite`) output files that already exist, so a run never destroys a file it did not write."""
+    """Refuse, before any prediction, an OUTPUT that is an input folder, a file or cannot be written, an output file
+    that is an input or a folder, and (without `overwrite`) output files that already exist, so a run never destroys
+    a file it did not write."""
     for name in inputs:
         if Path(name).is_dir() and Path(name).resolve() == output_dir.resolve():
             raise UserError(
                 f"--output {output_dir} is the input folder {name}: the masks would mix with the images and be read"
                 " as images by the next run; give another --output."
             )
+    writable_folder(output_dir, "--output")
     input_files = {path.resolve() for path in paths}
     targets = [target for path in paths for target in output_paths(path, output_dir).values()]
+    folders = [target for target in targets if target.is_dir()]
+    if folders:
+        raise UserError(f"{folders[0]} is a folder, where this run would write a picture; give another --output.")
     for target in targets:
         if target.resolve() in input_files:
             raise UserError(f"{target} is an input of this run; predicting would overwrite it. Give another --output.")
-    existing = [target.name for target in targets if target.exists()]
+    existing = [target for target in targets if target.exists()]
     if existing and not overwrite:
+        names = [target.name for target in existing]
         raise UserError(
-            f"{output_dir} already holds {first_few(existing, 1)}; give --overwrite to replace them, or another"
-            " --output."
+            f"{output_dir} already holds {first_few(names, 1)}; give --overwrite to replace them, or another --output."
         )
+    foreign = [target for target in existing if not is_png(target)]
+    if foreign:
+        raise UserError(
+            f"{foreign[0]} is not a PNG picture, so not an earlier prediction; --overwrite replaces only those. Move"
+            " it away, or give another --output."
+        )
+
+
+def is_png(path: Path) -> bool:
+    """Whether `path` starts with the PNG signature, as every mask and overlay this script writes does."""
+    with open(path, "rb") as file:
+        return file.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def main() -> None:

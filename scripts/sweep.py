@@ -16,9 +16,14 @@ SWEEP_DIR/<recipe>-seed<seed>-folds<FOLDS>/fold<k>/, and evaluate.py and predict
 as the ensemble of its folds. A failed run is reported in the table and the others go on; the exit status is then 1.
 Ctrl-C or SIGTERM stops the running runs cleanly (each saves its state), writes the table of what finished and exits
 130 or 143. Running the same command again continues: finished runs are not retrained (nor rescored), stopped ones
-resume where they were saved.
+resume where they were saved; a run folder trained with another recipe
+file content, seed or TRAIN_FLAGS (its recipe.json says which) is refused rather than reused. One sweep at a time
+works in a SWEEP_DIR (a second is refused), and a run still going from an earlier sweep that was killed is reported
+as such, never as failed.
 """
 
+import hashlib
+import itertools
 import json
 import os
 import re
@@ -33,12 +38,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find common/, dataset/ and utils/ from anywhere
 
-from common.config import parse_settings, script_constants
+from common.config import parse_settings, recipe_constants, script_constant, script_constants
 from common.errors import UserError, run_main
-from common.files import writable_folder, write_csv_atomic, write_text_atomic
+from common.files import exclusive_lock, lock_holder, writable_folder, write_csv_atomic, write_text_atomic
 from common.signals import SignalForwarder
 from dataset import kvasir
 from dataset.loader import worker_count
+from dataset.sources import KVASIR
 from dataset.splits import check_folds
 from utils.tensorboard_log import require_tensorboard
 
@@ -93,7 +99,7 @@ class RecipeRun:
     seed: int
     folder: Path
     fold: int | None = None  # None: validated on the VAL_FRACTION carve-out
-    status: str = "pending"  # pending (not started) | running | done | failed | stopped
+    status: str = "pending"  # pending (not started) | running | done | failed | stopped | busy (another sweep's)
     note: str = ""
     started: float = 0.0  # time.monotonic() when this sweep started its first step
     step: Step | None = None
@@ -172,6 +178,72 @@ def plan_runs(config: dict) -> list[RecipeRun]:
         for seed in config["SEEDS"]
         for fold in range(config["FOLDS"])
     ]
+
+
+# --- what each run was trained with -----------------------------------------------------------------------------
+
+
+def run_fingerprint(run: RecipeRun, config: dict) -> dict:
+    """What a run's scores depend on besides the code: its recipe file's content, its seed and TRAIN_FLAGS."""
+    return {
+        "recipe": run.recipe.name,
+        "recipe_sha256": hashlib.sha256(run.recipe.read_bytes()).hexdigest(),
+        "seed": run.seed,
+        "train_flags": config["TRAIN_FLAGS"],
+    }
+
+
+def fingerprint_path(run: RecipeRun) -> Path:
+    return run.folder / "recipe.json"
+
+
+def fingerprint_mismatch(run: RecipeRun, config: dict) -> str | None:
+    """Why the run's folder holds results of another recipe, seed or TRAIN_FLAGS than this sweep's (None when it
+    holds none, or those of the same)."""
+    if not any((run.folder / name).is_file() for name in ("summary.json", "last.pth", "best.pth")):
+        return None
+    path, wanted = fingerprint_path(run), run_fingerprint(run, config)
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return f"{run.folder} holds a run with no readable record of its recipe ({path.name})"
+    if not isinstance(recorded, dict):
+        return f"{run.folder} holds a run with no readable record of its recipe ({path.name})"
+    if recorded.get("recipe_sha256") != wanted["recipe_sha256"]:
+        return f"{run.folder} was trained with another content of {run.recipe.name} (the file was edited since)"
+    if recorded.get("train_flags") != wanted["train_flags"] or recorded.get("seed") != wanted["seed"]:
+        return (
+            f"{run.folder} was trained with --train-flags {shlex.join(recorded.get('train_flags') or [])!r} and seed"
+            f" {recorded.get('seed')}, not {shlex.join(wanted['train_flags'])!r} and seed {wanted['seed']}"
+        )
+    return None
+
+
+def refuse_foreign_runs(runs: list[RecipeRun], config: dict) -> None:
+    """Refuse, before any work, run folders that hold another recipe's results: reusing their scores would rank a
+    recipe that was not trained; retraining silently would destroy them."""
+    problems = [problem for run in runs if (problem := fingerprint_mismatch(run, config))]
+    if problems:
+        more = f" (and {len(problems) - 1} more run folders)" if len(problems) > 1 else ""
+        raise UserError(
+            f"{problems[0]}{more}; its scores are not this sweep's. Give this sweep another --sweep-dir, or delete"
+            " that folder to train it again."
+        )
+
+
+def uses_kvasir(run: RecipeRun, config: dict) -> bool:
+    """Whether the run trains on Kvasir-SEG: the last --datasets of TRAIN_FLAGS, else its recipe's DATASETS, else
+    train.py's default."""
+    flags, datasets = config["TRAIN_FLAGS"], None
+    for index, flag in enumerate(flags):
+        name, equals, value = flag.partition("=")
+        if name == "--datasets":
+            rest = itertools.takewhile(lambda item: not item.startswith("-"), flags[index + 1 :])
+            datasets = [value] if equals else list(rest)
+    if datasets is None:
+        recipe = {name: value for name, value, _ in recipe_constants(run.recipe)}
+        datasets = recipe.get("DATASETS", script_constant(TRAIN_SCRIPT, "DATASETS"))
+    return any(str(dataset).lower() == KVASIR for dataset in datasets)
 
 
 # --- what a run still needs, judged from its files -----------------------------------------------------------------
@@ -262,8 +334,17 @@ def advance(run: RecipeRun, config: dict, stopping: bool) -> bool:
     if stopping:
         finish(run, "stopped", f"{step.label} left; run the sweep again to continue")
         return False
+    holder = lock_holder(run.folder / "train.lock")
+    if holder is not None:
+        finish(
+            run, "busy", f"still training in process {holder}, which an earlier sweep started (was it killed?); wait"
+            f" for it to end, or stop it (kill {holder}), then run the sweep again",
+        )  # fmt: skip
+        return False
     if run.status == "pending":
         say(f"{run.name}: {step.label} {run.recipe} (log {run.log})")
+    if step.command[1] == str(TRAIN_SCRIPT):
+        write_text_atomic(fingerprint_path(run), json.dumps(run_fingerprint(run, config), indent=2) + "\n")
     start(run, step, config)
     return True
 
@@ -415,14 +496,18 @@ def write_ranking(runs: list[RecipeRun], config: dict) -> str:
 def main() -> int:
     config = read_settings()
     runs = plan_runs(config)
-    kvasir.prepare_kvasir_seg(config["DATA_DIR"])  # once, so that concurrent runs never download or extract it
-    for run in runs:
-        if next_step(run, config) is None:
-            run.status = "done"
-            say(f"{run.name}: done earlier, its scores are reused")
-    with SignalForwarder() as signals:
-        work_through(runs, config, signals)
-        markdown = write_ranking(runs, config)
+    sweep_lock = Path(config["SWEEP_DIR"]) / "sweep.lock"
+    with exclusive_lock(sweep_lock, config["SWEEP_DIR"], advice="give this sweep another --sweep-dir"):
+        refuse_foreign_runs(runs, config)
+        if any(uses_kvasir(run, config) for run in runs):
+            kvasir.prepare_kvasir_seg(config["DATA_DIR"])  # once, so that concurrent runs never download or extract it
+        for run in runs:
+            if next_step(run, config) is None:
+                run.status = "done"
+                say(f"{run.name}: done earlier, its scores are reused (same recipe file, seed and TRAIN_FLAGS)")
+        with SignalForwarder() as signals:
+            work_through(runs, config, signals)
+            markdown = write_ranking(runs, config)
     print(f"\n{markdown}\nwritten to {Path(config['SWEEP_DIR']) / 'ranking.md'}, ranking.csv and ranking_recipes.csv")
     if signals.received:
         return signals.exit_status

@@ -13,6 +13,7 @@ Every UPPER_CASE constant below can be edited here, set in a recipe file (config
 import contextlib
 import functools
 import math
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,13 +34,14 @@ from common.distributed import (
     barrier,
     data_parallel,
     mean_over_processes,
+    peer_failure_reported,
     process_device,
     start_processes,
     stop_processes,
 )
 from common.errors import UserError, run_main
 from common.files import writable_folder, write_csv_atomic, write_json_atomic
-from common.run_folder import check_output_paths, held_run_folder
+from common.run_folder import check_output_paths, check_resumed_checkpoint_path, held_run_folder
 from common.signals import StopRequest
 from dataset import kvasir, transforms
 from dataset.sources import DataRecord, parse_source
@@ -56,6 +58,7 @@ from utils.training import (
     OPTIMIZERS,
     SCHEDULES,
     TimeEstimate,
+    check_step_memory,
     compile_model,
     format_duration,
     gpu_sized_on_a_cpu,
@@ -150,6 +153,7 @@ RESUME_MAY_CHANGE = (
 def check_settings(config: dict) -> None:
     """Refuse impossible settings before any work starts, naming the setting."""
     rules = [
+        (config["DATASETS"] != [], "DATASETS is empty; give at least one dataset (kvasir, NAME=FOLDER, ...)"),
         (config["BATCH_SIZE"] >= 1, "BATCH_SIZE must be at least 1"),
         (config["EPOCHS"] >= 1, "EPOCHS must be at least 1"),
         (config["LEARNING_RATE"] > 0 and math.isfinite(config["LEARNING_RATE"]), "LEARNING_RATE must be > 0"),
@@ -198,7 +202,7 @@ def read_settings() -> tuple[dict, dict | None]:
     """The run's settings (the constants above, then recipe files, then flags), and with --resume the saved state
     it continues, whose recipe it keeps."""
     settings = parse_settings(script_constants(globals()), __file__, choices=CHOICES, recipes=True)
-    config = {**settings.values, "RECIPES": settings.recipes}
+    config = {**settings.values, "RECIPES": settings.recipes, "RUN_ID": secrets.token_hex(8)}  # RUN_ID: whose model
     if not config["RESUME"]:
         return config, None
     state = load_training_state(Path(config["OUTPUT_DIR"]) / "last.pth")
@@ -221,6 +225,8 @@ def resumed_settings(state: dict, settings: Settings) -> dict:
         )
     config = {**saved, **{name: settings.values[name] for name in RESUME_MAY_CHANGE if name in settings.given}}
     config["RESUME"] = True
+    config.setdefault("RUN_ID", None)  # a run started before runs had ids
+    check_resumed_checkpoint_path(saved["CHECKPOINT_PATH"], config["CHECKPOINT_PATH"])
     finished = len(state["history"])
     if config["EPOCHS"] <= finished:
         raise UserError(
@@ -271,10 +277,12 @@ def start_run(config: dict) -> Run:
     gpu = f" ({torch.cuda.get_device_name(device)}, autocast {amp_dtype})" if device.type == "cuda" else ""
     print(f"device: {device}{gpu}" + (f", {processes.world_size} processes" if processes.distributed else ""))
     output_dir, checkpoint_path = Path(config["OUTPUT_DIR"]), Path(config["CHECKPOINT_PATH"])
+    config["RUN_FOLDER"] = str(output_dir.resolve())  # recorded in its checkpoints: which run a model belongs to
     if processes.is_main:
         check_output_paths(output_dir, checkpoint_path, example=CHECKPOINT_PATH)
         if config["TENSORBOARD"]:
             writable_folder(events_folder(output_dir), "OUTPUT_DIR's TensorBoard folder")
+    check_step_memory(config, device, processes.world_size)
     if gpu_sized_on_a_cpu(device, config["IMAGE_SIZE"], config["BASE_CHANNELS"]):
         print(
             f"note: this is the full GPU-sized recipe ({config['IMAGE_SIZE']} px, base width {config['BASE_CHANNELS']},"
@@ -290,7 +298,10 @@ def held_outputs(run: Run, resuming: bool):
     if not run.processes.is_main:
         return contextlib.nullcontext()
     describe = functools.partial(earlier_run, run.config, run.last_path, run.checkpoint_path)
-    return held_run_folder(run.output_dir, run.checkpoint_path, resuming, run.config["OVERWRITE"], describe)
+    return held_run_folder(
+        run.output_dir, run.checkpoint_path, resuming, run.config["OVERWRITE"], run.config["RUN_ID"],
+        read_config=lambda path: load_checkpoint(path).get("config", {}), describe=describe,
+    )  # fmt: skip
 
 
 def earlier_run(config: dict, last_path: Path, checkpoint_path: Path) -> str:
@@ -310,7 +321,7 @@ def earlier_run(config: dict, last_path: Path, checkpoint_path: Path) -> str:
         what = f"a run of {recipe} stopped at epoch {epoch} step {step} ({done} of {epochs} epochs done)"
     else:
         what = f"a finished run of {recipe} ({epochs} epochs)"
-    kept = (*RESUME_MAY_CHANGE, "RECIPES")  # the recipe is its settings' values, whichever files gave them
+    kept = (*RESUME_MAY_CHANGE, "RECIPES", "RUN_ID", "RUN_FOLDER")  # the recipe: its settings, whatever gave them
     differs = [name for name in saved if name not in kept and saved[name] != config.get(name, saved[name])]
     if differs:
         named = f"{', '.join(map(flag_name, differs[:3]))} differ{'s' * (len(differs) == 1)}"
@@ -604,7 +615,8 @@ def main() -> int:
             restore_training(resumed, training)
         # 4. The data: split, cached, and the training stream from where the run stands
         first = (resumed["epoch"], resumed["step"]) if resumed else (1, 0)
-        data = prepare_data(config, run.processes, run.device, run.memory_format, *first)
+        saved = DataRecord.from_checkpoint(resumed) if resumed else None  # a resumed run keeps its datasets and split
+        data = prepare_data(config, run.processes, run.device, run.memory_format, *first, saved)
         steps_per_epoch = data.steps_per_epoch
         progress = (
             restored_progress(resumed, steps_per_epoch, run.device)
@@ -619,6 +631,7 @@ def main() -> int:
             StopRequest(escalate=not run.processes.distributed, state_path=run.last_path) as stop,
             BackgroundWriter() as writer,
             saved_on_error(run, training, progress, data.record),
+            peer_failure_reported(run.processes),  # inside: the main process saves when another one died
         ):
             run.tensorboard = open_tensorboard(run, resumed is not None, progress)
             images_trained = train(run, training, data, progress, stop, writer)
@@ -640,7 +653,13 @@ def main() -> int:
     print(
         f"done in {summary['wall_seconds']:.1f} s: {summary['images_trained']} training images at"
         f" {summary['images_per_second']:.1f} images/s end to end; best validation Dice {summary['best_val_dice']:.4f}"
-        f" (epoch {summary['best_epoch']}), model saved to {run.checkpoint_path}"
+        f" (epoch {summary['best_epoch']}), "
+        + (
+            f"model saved to {run.checkpoint_path}"
+            if run.checkpoint_path.is_file()
+            else f"whose model is no longer at {run.checkpoint_path} (moved or deleted; no epoch since resuming beat"
+            " it)"
+        )
     )
     return 0
 

@@ -115,3 +115,15 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(runs):
     tmp_path, _, _, one_signalled = runs  # SIGTERM to one training process only: the others must not hang
     assert one_signalled.count("saved the state at epoch") == 1
     assert read_history(tmp_path / "one-signalled" / "history.csv") == read_history(tmp_path / "two" / "history.csv")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [0, 1], ids=["main-process", "other-process"])
+def test_kill_9_of_one_process_stops_the_others_with_one_line(tmp_path, victim):
+    data = tmp_path / "data"
+    make_kvasir_folder(data, count=24)
+    output = stop_after_epoch_2(data, tmp_path / "run", lambda pid: os.kill(workers(pid)[victim], signal.SIGKILL))
+    assert "error: another of the 2 training processes stopped without a word" in output
+    assert "[rank" not in output  # no survivor's traceback (torchrun's own failure summary follows)
+    if victim == 1:  # the main process survived and saved the state: the run continues
+        assert "resuming" in run(data, tmp_path / "run", 2, "--resume").stdout

@@ -2,6 +2,7 @@
 written only when ONNX Runtime gives PyTorch's probabilities; predict.py --onnx predicts as with the checkpoint."""
 
 import json
+import shutil
 import sys
 
 import cv2
@@ -99,14 +100,15 @@ def test_the_onnx_predictor_resizes_normalises_and_thresholds_as_the_pytorch_one
 
 
 def test_a_failed_check_exits_with_a_message_and_leaves_no_onnx_file(exported, tmp_path, monkeypatch):
-    checkpoint_path, _, _ = exported
+    checkpoint_path, onnx_path, _ = exported
     output, json_path = tmp_path / "model.onnx", tmp_path / "check.json"
-    output.write_bytes(b"an earlier export")
+    shutil.copy(onnx_path, output)  # an earlier export, which a failed check leaves as it was
+    earlier = output.read_bytes()
     honest_logits = OnnxPredictor.logits
     monkeypatch.setattr(OnnxPredictor, "logits", lambda self, batch: honest_logits(self, batch) + 1)  # a bad export
     with pytest.raises(UserError, match=r"differ from PyTorch's by up to .* more than TOLERANCE .* was not written"):
         run_export_main("--checkpoint", checkpoint_path, "--output", output, "--json", json_path)
-    assert output.read_bytes() == b"an earlier export"
+    assert output.read_bytes() == earlier
     assert sorted(path.name for path in tmp_path.iterdir()) == ["check.json", "model.onnx"]  # no temporary file
     report = json.loads(json_path.read_text())
     assert not report["passed"] and report["max_abs_difference"] > TOLERANCE and "speed" not in report

@@ -11,11 +11,10 @@ import time
 import pytest
 import torch
 
-from common.files import exclusive_lock
 from common.signals import StopRequest
 from dataset.synthetic import make_kvasir_folder
 from tests.scripts import REPO
-from tests.train_runs import command_line, error_line, read_events, read_history, train_in_process
+from tests.train_runs import command_line, error_line, lock_held_elsewhere, read_events, read_history, train_in_process
 from utils.tensorboard_log import event_files
 
 # long enough that a signal after epoch 1 lands mid-run; with the weight average and the auxiliary heads of deep
@@ -62,12 +61,12 @@ def test_resume_without_a_usable_state_is_refused(tmp_path, last_pth, message):
     assert status == 2 and message.format(last=last) in error_line(stderr)
 
 
-@pytest.mark.parametrize(("lock", "guarded"), [("train.lock", ""), ("best.lock", "best.pth")])
+@pytest.mark.parametrize(("lock", "guarded"), [("train.lock", ""), ("best.pth.lock", "best.pth")])
 def test_a_second_run_on_the_same_files_is_refused(kvasir_dir, tmp_path, lock, guarded):
-    with exclusive_lock(tmp_path / "run" / lock, "the test's files"):
+    with lock_held_elsewhere(tmp_path / "run" / lock) as holder:
         status, _, stderr = train_in_process(tmp_path, "--epochs", "1")
     assert status == 2
-    assert f"another run (pid {os.getpid()}) is writing {tmp_path / 'run' / guarded}" in error_line(stderr)
+    assert f"another run (pid {holder}) is writing {tmp_path / 'run' / guarded}" in error_line(stderr)
     assert not list((tmp_path / "run").glob("*.[pc][ts][hv]"))  # no history.csv, last.pth or best.pth
 
 

@@ -3,10 +3,11 @@
 import contextlib
 import csv
 import io
+import subprocess
 import sys
 
 from common.errors import run_main
-from tests.scripts import load_script, run_script
+from tests.scripts import REPO, load_script, run_script
 from utils.tensorboard_log import events_folder
 
 TINY = ["--image-size", "32", "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--num-workers", "0"]
@@ -78,3 +79,20 @@ def read_events(run_folder):
     events = EventAccumulator(str(events_folder(run_folder)), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     return events
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(path):
+    """Hold `path` with common.files.exclusive_lock in another process (as another run would) for the block; yield
+    that process's pid."""
+    code = (
+        "import sys, time; from common.files import exclusive_lock\n"
+        "with exclusive_lock(sys.argv[1], 'the test'):\n    print('held', flush=True); time.sleep(600)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()

@@ -177,7 +177,9 @@ class OnnxPredictor(ImagePredictor):
 
     def __post_init__(self):
         self.check_settings()
-        self.input_name = self.session.get_inputs()[0].name
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        self.fixed_batch = fixed_batch_size(model_input.shape, self.preprocessing["image_size"])
 
     @classmethod
     def from_file(cls, path, tta: bool = False, threads: int = 0, tta_views: int = 3):
@@ -200,9 +202,30 @@ class OnnxPredictor(ImagePredictor):
         return cls(session, preprocessing, tta, tta_views=tta_views)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """The ONNX model's logits of a prepared (CPU, float32) batch."""
-        (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(batch.numpy())})
-        return torch.from_numpy(logits)
+        """The ONNX model's logits of a prepared (CPU, float32) batch; a model with a fixed batch axis (exported
+        elsewhere for batches of B) is run B images at a time, the last chunk padded with copies of its last image."""
+        size = self.fixed_batch or len(batch)
+        chunks = []
+        for start in range(0, len(batch), size):
+            chunk = batch[start : start + size]
+            padded = torch.cat([chunk, chunk[-1:].expand(size - len(chunk), *chunk.shape[1:])])
+            (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(padded.numpy())})
+            chunks.append(torch.from_numpy(logits)[: len(chunk)])
+        return torch.cat(chunks)
+
+
+def fixed_batch_size(shape: list, image_size: int) -> int | None:
+    """The batch size an ONNX model's input `shape` fixes (None when its batch axis is dynamic), refusing an input
+    that is not [N, 3, H, W] or whose fixed height or width is not the model's image_size."""
+    if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
+        raise UserError(f"the ONNX model's input has shape {shape}; predict.py feeds [N, 3, H, W] RGB batches.")
+    fixed_sides = [side for side in shape[2:] if isinstance(side, int) and side != image_size]
+    if fixed_sides:
+        raise UserError(
+            f"the ONNX model's input has the fixed shape {shape}, but its images are resized to {image_size} px;"
+            " re-export it with scripts/export.py (dynamic height and width)."
+        )
+    return shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
 
 
 @dataclass

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.device import autocast, synchronized_clock
+from common.device import autocast, free_memory_bytes, synchronized_clock
+from common.errors import UserError
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
@@ -67,6 +68,26 @@ def training_step(model, images, masks, loss_fn, optimizer, scaler, amp_dtype, g
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
+
+
+def least_step_bytes(batch_size: int, image_size: int, base_channels: int) -> int:
+    """A lower bound of the memory of one training step, far below the real need: the float32 input and mask, and
+    the first U-Net level's activations kept for the backward pass (two convolutions, each with its batch norm and
+    ReLU: four maps of base_channels channels at full size)."""
+    return batch_size * image_size**2 * 4 * (3 + 1 + 4 * base_channels)
+
+
+def check_step_memory(config: dict, device: torch.device, processes: int) -> None:
+    """Refuse, before any data is read or cached, an IMAGE_SIZE and BATCH_SIZE (shared among `processes`) whose
+    training step could not fit in the device's free memory even by a lower bound of its need (least_step_bytes)."""
+    need = least_step_bytes(config["BATCH_SIZE"] // processes, config["IMAGE_SIZE"], config["BASE_CHANNELS"])
+    free = free_memory_bytes(device)
+    if free is not None and need > free:
+        raise UserError(
+            f"IMAGE_SIZE {config['IMAGE_SIZE']} with BATCH_SIZE {config['BATCH_SIZE']} needs more than"
+            f" {need / 2**30:.1f} GiB for one training step, and {device} has {free / 2**30:.1f} GiB free; lower"
+            " --image-size or --batch-size."
+        )
 
 
 def multi_scale_size(image_size: int, seed: int, step: int, multiple: int = 32) -> int:
