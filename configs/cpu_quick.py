@@ -1,13 +1,14 @@
 """The quick run for a laptop CPU: the default recipe, small (64 x 64 images, base width 16) and short (5 epochs),
-to see the whole pipeline work in minutes rather than days; it writes into its own run folder, so that a stopped
-full run in outputs/ never blocks it. On the 2-core Intel Xeon shared with other jobs (load 18-21, 2026-12-01) it
-took 724.6 s from a fresh copy with the zip present and reached validation Dice 0.6121 (README "On a laptop CPU"):
+to see the whole pipeline work in about a minute rather than days; it writes into its own run folder, so that a
+stopped full run in outputs/ never blocks it. On this repository's 2-core Intel Xeon, idle (2026-12-02, commit
+6019b4a), it took 64.5 s from a fresh clone with only data/kvasir-seg.zip present (extraction and caching
+included) and reached validation Dice 0.6048; with two other busy processes on the two cores, 129.1 s:
 
     python scripts/train.py configs/cpu_quick.py
 
-Chosen by measurement there: one PyTorch thread (two ran 17.6 s per 128 px step against 1.34 s, loads 15 and 4),
-no DataLoader worker (1.32 against 1.34 s: none needed with the cache), and 64 px (full-size validation Dice
-0.6125 after 5 epochs, against 0.5770 at 96 px, which has 2.25 times the pixels to compute).
+Chosen by measurement there (docs/training.md, "The quick CPU recipe"): one PyTorch thread (two took 418.5 s
+idle: the two threads wait for each other), no DataLoader worker (one: 66.1 s, the image cache leaves little to
+load), 64 px (96 px: 133.0 s for Dice 0.5662) and base width 16 (8: 33.1 s for Dice 0.5803).
 """
 
 DEVICE = "cpu"

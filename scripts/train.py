@@ -1,7 +1,7 @@
 """Train a U-Net on Kvasir-SEG: get the data, train with BCE+Dice, validate every epoch, keep the best model.
 
     python scripts/train.py                              # the defaults below: the best recipe measured
-    python scripts/train.py configs/cpu_quick.py         # 12 min on a busy 2-core CPU (load 18-21)
+    python scripts/train.py configs/cpu_quick.py         # about a minute on an idle 2-core CPU
     python scripts/train.py configs/seed.py --epochs 3   # a recipe file, then flags on top of it
     python scripts/train.py --resume                     # continue a stopped run from OUTPUT_DIR/last.pth
     python scripts/train.py --resume --epochs 150        # ... or train a finished one for longer
