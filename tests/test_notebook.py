@@ -1,10 +1,13 @@
 """notebooks/explore_predictions.ipynb runs top to bottom, headless, from notebooks/ as Jupyter starts it there."""
 
+import cv2
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
 from traitlets.config import Config
 
+from model.checkpoint import load_checkpoint, save_checkpoint
 from tests.checkpoints import save_untrained_checkpoint
 from tests.scripts import REPO
 
@@ -18,10 +21,16 @@ def test_notebook_is_committed_without_outputs():
 
 
 @pytest.mark.slow
-def test_notebook_runs_and_shows_scores_and_panels(kvasir_dir, tmp_path, monkeypatch, capfd):
-    monkeypatch.setenv("KVASIR_CHECKPOINT", str(save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir)))
+def test_notebook_runs_and_shows_curves_scores_and_panels(kvasir_dir, tmp_path, monkeypatch, capfd):
+    checkpoint_path = save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir)
+    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint["config"]["OUTPUT_DIR"] = str(tmp_path / "run")  # the run folder the notebook finds the curves in
+    save_checkpoint(checkpoint_path, checkpoint)
+    (tmp_path / "run").mkdir()
+    cv2.imwrite(str(tmp_path / "run" / "curves.png"), np.zeros((8, 8, 3), np.uint8))
+    monkeypatch.setenv("KVASIR_CHECKPOINT", str(checkpoint_path))
     monkeypatch.setenv("KVASIR_DATA_DIR", str(kvasir_dir))
-    monkeypatch.setenv("KVASIR_OUTPUT_DIR", str(tmp_path / "no-run"))
+    monkeypatch.delenv("KVASIR_OUTPUT_DIR", raising=False)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     # README's `jupyter nbconvert --execute --KernelManager.transport_encryption=auto`: the kernelspec of ipykernel
     # declares CurveZMQ support, and with keys the kernel no longer warns that it runs over TCP without encryption
@@ -39,6 +48,6 @@ def test_notebook_runs_and_shows_scores_and_panels(kvasir_dir, tmp_path, monkeyp
     tables = [output["data"]["text/markdown"] for output in outputs if "text/markdown" in output.get("data", {})]
     assert len(tables) == 1 and tables[0].count("| sample_") == 2  # the worst and best few: both, with 2 images
     figures = [output for output in outputs if "image/png" in output.get("data", {})]
-    assert len(figures) == 2  # the Dice histogram and the predictions (no curves.png in KVASIR_OUTPUT_DIR)
+    assert len(figures) == 3  # the run's curves.png, the Dice histogram and the predictions
     assert not [output for output in outputs if output.get("name") == "stderr"]  # no progress bars or warnings
     assert "without encryption" not in capfd.readouterr().err  # the kernel's own log, outside the notebook
