@@ -77,6 +77,7 @@ from utils.training_state import (
     Progress,
     Training,
     check_finite,
+    describe_earlier_run,
     load_training_state,
     restore_training,
     restored_progress,
@@ -297,39 +298,14 @@ def held_outputs(run: Run, resuming: bool):
     process writes, so only it holds them."""
     if not run.processes.is_main:
         return contextlib.nullcontext()
-    describe = functools.partial(earlier_run, run.config, run.last_path, run.checkpoint_path)
+    recipe_free = (*RESUME_MAY_CHANGE, "RECIPES", "RUN_ID", "RUN_FOLDER")  # settings that leave the recipe as it is
+    describe = functools.partial(
+        describe_earlier_run, run.last_path, run.checkpoint_path, script_constants(globals()), run.config, recipe_free
+    )
     return held_run_folder(
         run.output_dir, run.checkpoint_path, resuming, run.config["OVERWRITE"], run.config["RUN_ID"],
         read_config=lambda path: load_checkpoint(path).get("config", {}), describe=describe,
     )  # fmt: skip
-
-
-def earlier_run(config: dict, last_path: Path, checkpoint_path: Path) -> str:
-    """What the run that wrote `last_path` (or else `checkpoint_path`) is, and which way on fits this run."""
-    choices = "keep it by giving this run another --output-dir and --checkpoint-path, or replace it with --overwrite"
-    path = last_path if last_path.is_file() else checkpoint_path
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        saved = {**script_constants(globals()), **state["config"]}
-        epoch, step, done = state["epoch"], state.get("step", 0), len(state.get("history", []))
-        epochs, recipe = saved["EPOCHS"], ", ".join(saved.get("RECIPES", [])) or "the defaults"
-    except Exception:  # an unreadable or foreign file: nothing to say about it, nor to resume
-        return f"{path} is not a run of this script that can be resumed; {choices}."
-    if path != last_path:
-        return f"{path} holds the best model (epoch {epoch}) of a run of {recipe}, not resumable; {choices}."
-    if done < epochs:
-        what = f"a run of {recipe} stopped at epoch {epoch} step {step} ({done} of {epochs} epochs done)"
-    else:
-        what = f"a finished run of {recipe} ({epochs} epochs)"
-    kept = (*RESUME_MAY_CHANGE, "RECIPES", "RUN_ID", "RUN_FOLDER")  # the recipe: its settings, whatever gave them
-    differs = [name for name in saved if name not in kept and saved[name] != config.get(name, saved[name])]
-    if differs:
-        named = f"{', '.join(map(flag_name, differs[:3]))} differ{'s' * (len(differs) == 1)}"
-        return f"{path} holds {what}, not this run's recipe ({named}); {choices}."
-    way_on = (
-        "continue it with --resume" if done < epochs else f"train it longer with --resume --epochs {epochs + 1} or more"
-    )
-    return f"{path} holds {what} with this run's recipe: {way_on}, or {choices}."
 
 
 def prepare_training(run: Run) -> Training:

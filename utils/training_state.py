@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import AveragedModel
 
+from common.config import flag_name
 from common.errors import UserError
 from dataset.sources import DataRecord
 from model.checkpoint import cpu_state, load_checkpoint, model_checkpoint, save_checkpoint
@@ -119,6 +120,36 @@ def load_training_state(path: Path) -> dict:
     if missing:
         raise UserError(f"{path} is a model checkpoint, not a resumable training state (no {', '.join(missing)}).")
     return state
+
+
+def describe_earlier_run(
+    last_path: Path, checkpoint_path: Path, defaults: dict, config: dict, recipe_free: tuple[str, ...]
+) -> str:
+    """What the run that wrote `last_path` (or else `checkpoint_path`) is, and which way on fits this run: its
+    recipe is `defaults` overridden by its saved settings, compared with `config` except for `recipe_free` names."""
+    choices = "keep it by giving this run another --output-dir and --checkpoint-path, or replace it with --overwrite"
+    path = last_path if last_path.is_file() else checkpoint_path
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        saved = {**defaults, **state["config"]}
+        epoch, step, done = state["epoch"], state.get("step", 0), len(state.get("history", []))
+        epochs, recipe = saved["EPOCHS"], ", ".join(saved.get("RECIPES", [])) or "the defaults"
+    except Exception:  # an unreadable or foreign file: nothing to say about it, nor to resume
+        return f"{path} is not a run of this script that can be resumed; {choices}."
+    if path != last_path:
+        return f"{path} holds the best model (epoch {epoch}) of a run of {recipe}, not resumable; {choices}."
+    if done < epochs:
+        what = f"a run of {recipe} stopped at epoch {epoch} step {step} ({done} of {epochs} epochs done)"
+    else:
+        what = f"a finished run of {recipe} ({epochs} epochs)"
+    differs = [name for name in saved if name not in recipe_free and saved[name] != config.get(name, saved[name])]
+    if differs:
+        named = f"{', '.join(map(flag_name, differs[:3]))} differ{'s' * (len(differs) == 1)}"
+        return f"{path} holds {what}, not this run's recipe ({named}); {choices}."
+    way_on = (
+        "continue it with --resume" if done < epochs else f"train it longer with --resume --epochs {epochs + 1} or more"
+    )
+    return f"{path} holds {what} with this run's recipe: {way_on}, or {choices}."
 
 
 class NonFiniteLoss(UserError):
