@@ -225,6 +225,35 @@ def seen_images(record: DataRecord, pairs, parts=("train", "val")) -> list[tuple
     return [(sample_id, seen_as) for sample_id, seen_as in found if seen_as is not None]
 
 
+def keep_copies_apart(split: Split, thumbnails: dict[str, str]) -> Split:
+    """The split with no image on two sides of it: a validation image whose copy (the same thumbnail within
+    THUMBNAIL_DISTANCE, `thumbnails` by id) trains goes to training, and a training or validation image whose copy
+    is held out for testing is left out, each said in a line. Kvasir-SEG has 3 such pairs; a seeded carve-out can
+    part one (seed 42 does), and evaluate.py would then rightly refuse to score the validation images as unseen."""
+    ids = sorted(thumbnails)
+    pixels = thumbnail_pixels([thumbnails[sample_id] for sample_id in ids])
+    copy_of = {}
+    for index, sample_id in enumerate(ids):
+        distances = np.abs(pixels[index + 1 :] - pixels[index]).mean(axis=1)
+        for other in np.flatnonzero(distances < THUMBNAIL_DISTANCE):
+            copy = ids[index + 1 + int(other)]
+            copy_of.setdefault(sample_id, set()).add(copy)
+            copy_of.setdefault(copy, set()).add(sample_id)
+    test, train = set(split.test), set(split.train)
+    left_out = sorted(i for i in split.train + split.val if copy_of.get(i, set()) & test)
+    moved = sorted(i for i in split.val if i not in left_out and copy_of.get(i, set()) & train)
+    for sample_id in left_out:
+        print(f"note: {sample_id} is a copy of test image {min(copy_of[sample_id] & test)}: left out of training")
+    for sample_id in moved:
+        copy = min(copy_of[sample_id] & train)
+        print(f"note: validation image {sample_id} is a copy of training image {copy}: it trains instead")
+    if not (left_out or moved):
+        return split
+    kept_train = sorted({*split.train, *moved} - set(left_out))
+    kept_val = [i for i in split.val if i not in moved and i not in left_out]
+    return Split(kept_train, kept_val, split.test, split.official, split.folds, split.fold)
+
+
 def refuse_shared_images(digests: dict[str, str]) -> None:
     """Refuse datasets that overlap (the same folder twice, one inside another, the same files copied): two datasets
     holding the same file content would split it each its own way, so an image held out for testing by one could be

@@ -19,6 +19,7 @@ from dataset.sources import (
     combined_split,
     file_digest,
     image_thumbnail,
+    keep_copies_apart,
     parse_source,
     refuse_shared_images,
     resumed_split,
@@ -67,12 +68,16 @@ def prepare_data(
         pairs += found
     by_id = {pair[0]: pair for pair in pairs}
     digests = {sample_id: file_digest(image) for sample_id, image, _ in pairs}
-    split = resumed_split(saved, digests, ", ".join(config["DATASETS"])) if saved else combined_split(splits)
+    refuse_shared_images(digests)
+    thumbnails = {sample_id: image_thumbnail(by_id[sample_id][1]) for sample_id in by_id}
+    if saved:  # a resumed run keeps the split it saved
+        split = resumed_split(saved, digests, ", ".join(config["DATASETS"]))
+    else:  # a new one puts no image on two sides of its split
+        split = keep_copies_apart(combined_split(splits), thumbnails)
     fold = f" (fold {split.fold} of {split.folds})" if split.folds else ""
     print(f"split: {len(split.train)} train / {len(split.val)} validation{fold} / {len(split.test)} test (held out)")
-    refuse_shared_images(digests)
     learnt = split.train + split.val
-    thumbnails = {sample_id: image_thumbnail(by_id[sample_id][1]) for sample_id in learnt}
+    thumbnails = {sample_id: thumbnails[sample_id] for sample_id in learnt}
     digests = {sample_id: digests[sample_id] for sample_id in learnt}
     cache_dir = Path(config["DATA_DIR"]) / "cache" if config["CACHE"] else None
     augment, no_augment = transforms.build_transform(config["AUGMENTATION"]), transforms.build_transform("none")

@@ -3,10 +3,13 @@ data."""
 
 import re
 
+import cv2
 import pytest
 
 from common.errors import UserError
+from dataset.sources import image_thumbnail, keep_copies_apart
 from dataset.splits import Split, make_split, official_split
+from dataset.synthetic import make_kvasir_folder
 
 
 def test_official_split_files():
@@ -86,3 +89,39 @@ def test_a_split_read_back_from_a_checkpoint_keeps_its_fold():
 def test_folds_that_name_no_fold_or_leave_one_empty_are_refused(folds, fold, message):
     with pytest.raises(UserError, match=re.escape(message)):
         make_split([f"image_{i:02d}" for i in range(36)], 0.1, seed=0, test_ids=[], folds=folds, fold=fold)
+
+
+# --- copies of one image on two sides of a split -------------------------------------------------------------------
+
+
+@pytest.fixture
+def copied_images(tmp_path):
+    """Six synthetic images, b a re-encoded copy of a (a PNG of the JPEG, as Kvasir-SEG's 3 near-identical pairs
+    differ by encoding), e of d; their thumbnails by id."""
+    root = make_kvasir_folder(tmp_path, 6)
+    images = sorted((root / "images").glob("*.jpg"))
+    names = dict(zip("abcdef", images, strict=True))
+    for copy, original in (("b", "a"), ("e", "d")):
+        names[copy] = tmp_path / f"{copy}.png"
+        cv2.imwrite(str(names[copy]), cv2.imread(str(names[original])))
+    return {name: image_thumbnail(path) for name, path in names.items()}
+
+
+def test_a_validation_copy_of_a_training_image_trains(copied_images, capsys):
+    split = keep_copies_apart(Split(["a", "c"], ["b", "f"], ["d", "e"], False), copied_images)
+    assert split == Split(["a", "b", "c"], ["f"], ["d", "e"], False)
+    assert "note: validation image b is a copy of training image a: it trains instead" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("part", ["train", "val"])
+def test_a_copy_of_a_test_image_is_left_out_of_training_and_validation(copied_images, part, capsys):
+    parts = {"train": ["a", "b", "c"], "val": ["f"]}
+    parts[part] = [*parts[part], "e"]
+    split = keep_copies_apart(Split(parts["train"], parts["val"], ["d"], True, 3, 1), copied_images)
+    assert split == Split(["a", "b", "c"], ["f"], ["d"], True, 3, 1)  # a and b together stay: both train
+    assert "note: e is a copy of test image d: left out of training" in capsys.readouterr().out
+
+
+def test_a_split_without_parted_copies_is_kept_as_it_is(copied_images, capsys):
+    split = Split(["a", "b", "c"], ["f"], ["d", "e"], False)
+    assert keep_copies_apart(split, copied_images) is split and not capsys.readouterr().out
