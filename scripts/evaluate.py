@@ -52,7 +52,7 @@ DATASETS = []  # kvasir, NAME=FOLDER or NAME=IMAGES:MASKS to score; empty: the d
 IMAGES = ""  # with MASKS: score every image of this folder instead (a one-row DATASETS)
 MASKS = ""  # masks with the same file name stems as the images in IMAGES
 BATCH_SIZE = 0  # images per forward pass (and of the speed measurement); 0: 64 on a GPU, 8 on the CPU
-TTA = True  # average the probabilities of the image and its flips (chosen on validation, see README "Results")
+TTA = True  # average the probabilities of the image and its flips and quarter turns (TTA_VIEWS; chosen on validation)
 TTA_VIEWS = 8  # with TTA: 8 (every flip and quarter turn; chosen on validation) or 3 (the image and its 2 flips)
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
 THREADS = 0  # PyTorch CPU threads; 0 keeps the default (one per core). 1 is far faster on busy shared CPUs
