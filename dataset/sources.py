@@ -177,6 +177,12 @@ def thumbnail_pixels(thumbnails: list[str]) -> np.ndarray:
     )
 
 
+def thumbnail_distances(known: np.ndarray, thumbnail: np.ndarray) -> np.ndarray:
+    """The distance of `thumbnail` to each row of `known` (thumbnail_pixels): the mean absolute grey-level
+    difference, under THUMBNAIL_DISTANCE for the same image."""
+    return np.abs(known - thumbnail).mean(axis=1)
+
+
 @dataclass
 class DataRecord:
     """What a checkpoint records of the data it was trained on: the datasets, their split, and of every training
@@ -218,8 +224,7 @@ def seen_images(record: DataRecord, pairs, parts=("train", "val")) -> list[tuple
         unmatched = [index for index, (_, seen_as) in enumerate(found) if seen_as is None]
         known = thumbnail_pixels([record.thumbnails[sample_id] for sample_id in near])
         for index in unmatched:
-            scored = thumbnail_pixels([image_thumbnail(pairs[index][1])])
-            distances = np.abs(known - scored).mean(axis=1)
+            distances = thumbnail_distances(known, thumbnail_pixels([image_thumbnail(pairs[index][1])]))
             if distances.min() < THUMBNAIL_DISTANCE:
                 found[index] = (found[index][0], near[int(distances.argmin())])
     return [(sample_id, seen_as) for sample_id, seen_as in found if seen_as is not None]
@@ -234,7 +239,7 @@ def keep_copies_apart(split: Split, thumbnails: dict[str, str]) -> Split:
     pixels = thumbnail_pixels([thumbnails[sample_id] for sample_id in ids])
     copy_of = {}
     for index, sample_id in enumerate(ids):
-        distances = np.abs(pixels[index + 1 :] - pixels[index]).mean(axis=1)
+        distances = thumbnail_distances(pixels[index + 1 :], pixels[index])
         for other in np.flatnonzero(distances < THUMBNAIL_DISTANCE):
             copy = ids[index + 1 + int(other)]
             copy_of.setdefault(sample_id, set()).add(copy)

@@ -69,11 +69,11 @@ def prepare_data(
     by_id = {pair[0]: pair for pair in pairs}
     digests = {sample_id: file_digest(image) for sample_id, image, _ in pairs}
     refuse_shared_images(digests)
-    thumbnails = {sample_id: image_thumbnail(by_id[sample_id][1]) for sample_id in by_id}
-    if saved:  # a resumed run keeps the split it saved
-        split = resumed_split(saved, digests, ", ".join(config["DATASETS"]))
-    else:  # a new one puts no image on two sides of its split
-        split = keep_copies_apart(combined_split(splits), thumbnails)
+    split = resumed_split(saved, digests, ", ".join(config["DATASETS"])) if saved else combined_split(splits)
+    # a resumed run keeps the split it saved; a new one puts no image on two sides of it, test part included
+    compared = split.train + split.val + ([] if saved else split.test)
+    thumbnails = {sample_id: image_thumbnail(by_id[sample_id][1]) for sample_id in compared}
+    split = split if saved else keep_copies_apart(split, thumbnails)
     fold = f" (fold {split.fold} of {split.folds})" if split.folds else ""
     print(f"split: {len(split.train)} train / {len(split.val)} validation{fold} / {len(split.test)} test (held out)")
     learnt = split.train + split.val
