@@ -16,13 +16,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from common.errors import DatasetError, UserError
 from dataset import kvasir
-from dataset.images import read_rgb
-from dataset.splits import Split, make_split, pairs_with_ids, random_split, read_ids
+from dataset.copies import copy_groups, find_copies, read_groups
+from dataset.splits import SPLIT_DIR, Split, make_split, pairs_with_ids, random_split, read_ids
 
 KVASIR = "kvasir"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -92,15 +89,16 @@ def source_pairs(source: Source, data_dir, url: str = kvasir.KVASIR_SEG_URL) -> 
 
 
 def source_split(
-    source: Source, ids: list[str], val_fraction: float, seed: int, folds: int = 0, fold: int = 0
+    source: Source, ids: list[str], val_fraction: float, seed: int, folds: int = 0, fold: int = 0, groups=()
 ) -> Split:
     """The split of one dataset: Kvasir-SEG's official test ids (or a seeded random test part), a folder's own
     test list when it has one (or a seeded random test part), and a seeded validation carve-out of the rest (with
-    `folds`, fold `fold` of their seeded partition)."""
+    `folds`, fold `fold` of their seeded partition), each copy group of `groups` kept on one side."""
     if source.is_kvasir:
-        return make_split(ids, val_fraction, seed, folds=folds, fold=fold)
+        return make_split(ids, val_fraction, seed, folds=folds, fold=fold, groups=groups)
     if not source.test_list:
-        return random_split(ids, val_fraction, seed, f"dataset {source.name} has no test list", folds, fold)
+        reason = f"dataset {source.name} has no test list"
+        return random_split(ids, val_fraction, seed, reason, folds, fold, groups)
     test = {f"{source.name}/{stem}" for stem in read_ids(source.test_list, "test list")}
     unknown = sorted(test - set(ids))
     if unknown:
@@ -113,7 +111,7 @@ def source_split(
             f"the test list {source.test_list} holds {len(test)} of the {len(ids)} images of dataset {source.name},"
             " leaving fewer than 2 for training and validation; list fewer test images."
         )
-    return make_split(ids, val_fraction, seed, test_ids=sorted(test), folds=folds, fold=fold)
+    return make_split(ids, val_fraction, seed, test_ids=sorted(test), folds=folds, fold=fold, groups=groups)
 
 
 def resumed_split(saved: "DataRecord", digests: dict[str, str], datasets: str) -> Split:
@@ -131,7 +129,7 @@ def resumed_split(saved: "DataRecord", digests: dict[str, str], datasets: str) -
                 f" (e.g. {images[0]}); restore them to resume this run, or start a new run (another --output-dir)"
                 " on the data as it is now."
             )
-    added = sorted(set(digests) - set(learnt + split.test))
+    added = sorted(set(digests) - set(learnt + split.test + saved.left_out))
     if added:
         print(
             f"note: {len(added)} image(s) added to the data since the run started (e.g. {added[0]}) are left out:"
@@ -159,104 +157,144 @@ def file_digest(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-THUMBNAIL_SIDE = 16  # image_thumbnail's width and height
-THUMBNAIL_DISTANCE = 2.0  # two thumbnails closer than this (mean absolute grey level, of 255) are the same image
-
-
-def image_thumbnail(path) -> str:
-    """The decoded image shrunk to THUMBNAIL_SIDE x THUMBNAIL_SIDE grey levels (area averages), as hex: the same
-    for the image re-encoded (a PNG of the JPEG, another JPEG quality) or resized, as its pixels barely move."""
-    grey = cv2.cvtColor(read_rgb(path), cv2.COLOR_RGB2GRAY)
-    return cv2.resize(grey, (THUMBNAIL_SIDE, THUMBNAIL_SIDE), interpolation=cv2.INTER_AREA).tobytes().hex()
-
-
-def thumbnail_pixels(thumbnails: list[str]) -> np.ndarray:
-    """Hex thumbnails as a float array [N, THUMBNAIL_SIDE**2]."""
-    return np.array([np.frombuffer(bytes.fromhex(t), np.uint8) for t in thumbnails], np.float32).reshape(
-        len(thumbnails), THUMBNAIL_SIDE**2
-    )
-
-
-def thumbnail_distances(known: np.ndarray, thumbnail: np.ndarray) -> np.ndarray:
-    """The distance of `thumbnail` to each row of `known` (thumbnail_pixels): the mean absolute grey-level
-    difference, under THUMBNAIL_DISTANCE for the same image."""
-    return np.abs(known - thumbnail).mean(axis=1)
-
-
 @dataclass
 class DataRecord:
-    """What a checkpoint records of the data it was trained on: the datasets, their split, and of every training
-    and validation image a content digest and a thumbnail (so that evaluation can refuse to score an image the
-    model saw, also re-encoded or resized)."""
+    """What a checkpoint records of the data it was trained on: the datasets, their split, a content digest of every
+    training and validation image (so that evaluation refuses to score an image the model saw, under any name), the
+    copy groups (images of the same frame, dataset/copies.py) of its images, and the training images LEAVE_OUT_COPIES
+    left out."""
 
     datasets: list[Source]
     split: Split
     digests: dict[str, str]
-    thumbnails: dict[str, str] = field(default_factory=dict)
+    copy_groups: list[list[str]] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
             "datasets": [source.as_dict() for source in self.datasets],
             "split": self.split.as_dict(),
             "digests": self.digests,
-            "thumbnails": self.thumbnails,
+            "copy_groups": self.copy_groups,
+            "left_out": self.left_out,
         }
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict) -> "DataRecord":
-        """The record of a checkpoint (one written before datasets were recorded trained on Kvasir-SEG alone, one
-        before thumbnails were recorded with digests only)."""
-        datasets = [Source(**source) for source in checkpoint.get("datasets", [Source(KVASIR).as_dict()])]
-        return cls(
-            datasets, Split.from_checkpoint(checkpoint), checkpoint.get("digests", {}), checkpoint.get("thumbnails", {})
+        """The record of a checkpoint, refusing one whose record is damaged or lacks the copy groups (written before
+        they were recorded: retrain it)."""
+        split = Split.from_checkpoint(checkpoint)
+        datasets, digests = checkpoint.get("datasets"), checkpoint.get("digests")
+        groups, left_out = checkpoint.get("copy_groups"), checkpoint.get("left_out", [])
+        if "copy_groups" not in checkpoint:
+            raise UserError(
+                "the checkpoint records no copy groups (it was written before same-frame copies were recorded), so"
+                " its test images cannot be told apart from its training images' copies; train it again."
+            )
+        valid = (
+            is_list_of(datasets, dict)
+            and all(set(source) <= set(Source.__dataclass_fields__) and "name" in source for source in datasets)
+            and isinstance(digests, dict)
+            and all(isinstance(key, str) and isinstance(value, str) for key, value in digests.items())
+            and is_list_of(groups, list)
+            and all(is_list_of(group, str) for group in groups)
+            and is_list_of(left_out, str)
         )
+        if not valid:
+            raise UserError(
+                "the checkpoint's data record (datasets, digests, copy_groups, left_out) is damaged or not of"
+                " scripts/train.py; use a checkpoint that train.py wrote."
+            )
+        return cls([Source(**source) for source in datasets], split, digests, groups, left_out)
+
+
+def is_list_of(value, kind) -> bool:
+    """Whether `value` is a list whose items are all of type `kind`."""
+    return isinstance(value, list) and all(isinstance(item, kind) for item in value)
+
+
+KVASIR_COPIES = SPLIT_DIR / "kvasir_copies.txt"  # Kvasir-SEG's copy groups, as scripts/find_copies.py found them
+
+
+def source_copy_groups(source: Source, pairs, cache_dir) -> list[list[str]]:
+    """The copy groups among one dataset's images: Kvasir-SEG's shipped list, or for a folder what the detector
+    finds (its features and result cached in `cache_dir`)."""
+    if not source.is_kvasir:
+        return copy_groups(find_copies(pairs, cache_dir))
+    present = {sample_id for sample_id, _, _ in pairs}
+    groups = [[i for i in group if i in present] for group in read_groups(KVASIR_COPIES)]
+    return [group for group in groups if len(group) > 1]
+
+
+def training_copies(record: DataRecord, pairs, data_dir) -> dict[str, str]:
+    """Of the images of `pairs`, each that is the same frame as an image the record trained or validated on, with
+    that image: for ids of the record's datasets its copy groups say so; other images are searched for among the
+    training images with the copy detector, where those are on disk (else only exact copies are caught, said so)."""
+    learnt = set(record.split.train + record.split.val)
+    copied = {}
+    for group in record.copy_groups:
+        seen = sorted(learnt.intersection(group))
+        copied.update({sample_id: seen[0] for sample_id in group if seen and sample_id not in learnt})
+    split_ids = learnt | set(record.split.test) | set(record.left_out)
+    found = {sample_id: copied[sample_id] for sample_id, _, _ in pairs if sample_id in copied}
+    foreign = [pair for pair in pairs if pair[0] not in split_ids]
+    if not foreign or not learnt:
+        return found
+    known = [pair for source in record.datasets for pair in local_pairs(source, data_dir) if pair[0] in learnt]
+    if not known:
+        print(
+            "note: the images this model trained on are not on disk here, so only exact copies of them are looked for"
+            f" among these {len(foreign)} images (not re-crops or re-encodings)"
+        )
+        return found
+    marked = [(f"?{sample_id}", image, mask) for sample_id, image, mask in foreign]  # "?": no id of a dataset
+    for pair in find_copies(known + marked, Path(data_dir) / "cache"):
+        (seen_as, scored) = sorted((pair.first, pair.second), key=lambda i: i.startswith("?"))
+        if scored.startswith("?") and not seen_as.startswith("?"):
+            found.setdefault(scored[1:], seen_as)
+    return found
+
+
+def local_pairs(source: Source, data_dir) -> list[tuple[str, Path, Path]]:
+    """A dataset's (id, image, mask) pairs when its files are on disk (Kvasir-SEG extracted in `data_dir`), without
+    fetching anything; none when they are not."""
+    images, masks = (
+        (Path(data_dir) / kvasir.FOLDER_NAME / "images", Path(data_dir) / kvasir.FOLDER_NAME / "masks")
+        if source.is_kvasir
+        else (Path(source.images), Path(source.masks))
+    )
+    if not (images.is_dir() and masks.is_dir()):
+        return []
+    prefix = "" if source.is_kvasir else f"{source.name}/"
+    return [(prefix + stem, image, mask) for stem, image, mask in kvasir.pair_images_and_masks(images, masks)]
 
 
 def seen_images(record: DataRecord, pairs, parts=("train", "val")) -> list[tuple[str, str]]:
-    """The (id, id it was seen as) of each image of `pairs` that is an image of the record's `parts`: the same file
-    content (a copy under another name or in another folder), or, where the record has thumbnails, the same
-    thumbnail within THUMBNAIL_DISTANCE (the image re-encoded or resized). Never score those as held out."""
+    """The (id, id it was seen as) of each image of `pairs` whose file content is that of an image of the record's
+    `parts` (a copy under another name or in another folder). Never score those as held out."""
     ids = {sample_id for part in parts for sample_id in getattr(record.split, part)}
     seen = {digest: sample_id for sample_id, digest in record.digests.items() if sample_id in ids}
     found = [(sample_id, seen.get(file_digest(image))) for sample_id, image, _ in pairs]
-    near = sorted(sample_id for sample_id in record.thumbnails if sample_id in ids)
-    if near:
-        unmatched = [index for index, (_, seen_as) in enumerate(found) if seen_as is None]
-        known = thumbnail_pixels([record.thumbnails[sample_id] for sample_id in near])
-        for index in unmatched:
-            distances = thumbnail_distances(known, thumbnail_pixels([image_thumbnail(pairs[index][1])]))
-            if distances.min() < THUMBNAIL_DISTANCE:
-                found[index] = (found[index][0], near[int(distances.argmin())])
     return [(sample_id, seen_as) for sample_id, seen_as in found if seen_as is not None]
 
 
-def keep_copies_apart(split: Split, thumbnails: dict[str, str]) -> Split:
-    """The split with no image on two sides of it: a validation image whose copy (the same thumbnail within
-    THUMBNAIL_DISTANCE, `thumbnails` by id) trains goes to training, and a training or validation image whose copy
-    is held out for testing is left out, each said in a line. Kvasir-SEG has 3 such pairs; a seeded carve-out can
-    part one (seed 42 does), and evaluate.py would then rightly refuse to score the validation images as unseen."""
-    ids = sorted(thumbnails)
-    pixels = thumbnail_pixels([thumbnails[sample_id] for sample_id in ids])
-    copy_of = {}
-    for index, sample_id in enumerate(ids):
-        distances = thumbnail_distances(pixels[index + 1 :], pixels[index])
-        for other in np.flatnonzero(distances < THUMBNAIL_DISTANCE):
-            copy = ids[index + 1 + int(other)]
-            copy_of.setdefault(sample_id, set()).add(copy)
-            copy_of.setdefault(copy, set()).add(sample_id)
-    test, train = set(split.test), set(split.train)
-    left_out = sorted(i for i in split.train + split.val if copy_of.get(i, set()) & test)
-    moved = sorted(i for i in split.val if i not in left_out and copy_of.get(i, set()) & train)
-    for sample_id in left_out:
-        print(f"note: {sample_id} is a copy of test image {min(copy_of[sample_id] & test)}: left out of training")
-    for sample_id in moved:
-        copy = min(copy_of[sample_id] & train)
-        print(f"note: validation image {sample_id} is a copy of training image {copy}: it trains instead")
-    if not (left_out or moved):
-        return split
-    kept_train = sorted({*split.train, *moved} - set(left_out))
-    kept_val = [i for i in split.val if i not in moved and i not in left_out]
-    return Split(kept_train, kept_val, split.test, split.official, split.folds, split.fold)
+def check_held_out(name: str, pairs, records: list[DataRecord], part: str, data_dir) -> dict[str, str]:
+    """Refuse to score `pairs` when some are images a model of `records` (each member's own record) trained on (or,
+    scoring held-out images, validated on), found by file content under any name; return those that are the same
+    frame as such an image (id: that image's id), which are scored, and reported apart."""
+    copies = {}
+    for record in records:
+        seen = seen_images(record, pairs, parts=("train",) if part == "val" else ("train", "val"))
+        if seen:
+            example, seen_as = seen[0]
+            raise UserError(
+                f"{len(seen)} of the {len(pairs)} {name} images to score are images this model was trained or"
+                f" validated on (e.g. {example} is its {seen_as}), so their scores would not be held-out scores;"
+                " score its held-out split (the default), or data it never saw."
+            )
+        for sample_id, seen_as in training_copies(record, pairs, data_dir).items():
+            copies.setdefault(sample_id, seen_as)
+    return copies
 
 
 def refuse_shared_images(digests: dict[str, str]) -> None:
@@ -297,10 +335,11 @@ def held_out_pairs(record: DataRecord, source: Source, part: str, data_dir) -> l
 
 
 def ensemble_record(records: list[DataRecord]) -> DataRecord:
-    """The record of an ensemble of models trained on `records`: validation images are those every member trained
+    """The split of an ensemble of models trained on `records`: validation images are those every member trained
     on their dataset validated on, test images those every such member held out, and every other image any member
     trained or validated on counts as trained on (so the folds of one partition have no validation image left, and
-    only data none of them saw is scored as held out)."""
+    only data none of them saw is scored as held out). It holds no digests: each member's own record is checked
+    (see seen_images), so no member's record stands in for another's."""
     sources = {}
     for record in records:
         for source in record.datasets:
@@ -321,5 +360,4 @@ def ensemble_record(records: list[DataRecord]) -> DataRecord:
     val, test = common("val"), common("test")
     seen = {sample_id for record in records for sample_id in record.split.train + record.split.val}
     split = Split(sorted(seen - set(val)), val, test, all(record.split.official for record in records))
-    digests = {sample_id: digest for record in records for sample_id, digest in record.digests.items()}
-    return DataRecord(list(sources.values()), split, digests)
+    return DataRecord(list(sources.values()), split, {})

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from common.distributed import Processes, main_process_first
-from common.errors import UserError
+from common.errors import UserError, first_few
 from dataset import transforms
 from dataset.images import read_rgb
 from dataset.loader import loader_options, worker_count
@@ -18,14 +18,14 @@ from dataset.sources import (
     DataRecord,
     combined_split,
     file_digest,
-    image_thumbnail,
-    keep_copies_apart,
     parse_source,
     refuse_shared_images,
     resumed_split,
+    source_copy_groups,
     source_pairs,
     source_split,
 )
+from dataset.splits import Split, copies_of_test
 
 
 @dataclass
@@ -57,29 +57,30 @@ def prepare_data(
     and build the training stream from step `first_step` of epoch `first_epoch` on, and the validation batches of all
     of them together, on `device`."""
     sources, pairs, splits = saved.datasets if saved else [parse_source(spec) for spec in config["DATASETS"]], [], []
+    cache_dir = Path(config["DATA_DIR"]) / "cache" if config["CACHE"] else None
+    groups = saved.copy_groups if saved else []
     for source in sources:
-        with main_process_first(processes):  # one process downloads and extracts; the others then read
+        with main_process_first(processes):  # one process downloads, extracts and finds copies; the others then read
             found = source_pairs(source, config["DATA_DIR"], config["DATA_URL"])
+            found_groups = source_copy_groups(source, found, cache_dir) if config["COPY_GROUPS"] and not saved else []
         if not saved:
             ids = [sample_id for sample_id, _, _ in found]
-            splits.append(
-                source_split(source, ids, config["VAL_FRACTION"], config["SEED"], config["FOLDS"], config["FOLD"])
-            )
+            folds = config["FOLDS"], config["FOLD"]
+            splits.append(source_split(source, ids, config["VAL_FRACTION"], config["SEED"], *folds, found_groups))
+            groups += found_groups
         pairs += found
     by_id = {pair[0]: pair for pair in pairs}
     digests = {sample_id: file_digest(image) for sample_id, image, _ in pairs}
     refuse_shared_images(digests)
-    split = resumed_split(saved, digests, ", ".join(config["DATASETS"])) if saved else combined_split(splits)
-    # a resumed run keeps the split it saved; a new one puts no image on two sides of it, test part included
-    compared = split.train + split.val + ([] if saved else split.test)
-    thumbnails = {sample_id: image_thumbnail(by_id[sample_id][1]) for sample_id in compared}
-    split = split if saved else keep_copies_apart(split, thumbnails)
+    if saved:
+        split, left_out = resumed_split(saved, digests, ", ".join(config["DATASETS"])), saved.left_out
+    else:
+        split, left_out = leave_out_copies(combined_split(splits), groups, config["LEAVE_OUT_COPIES"])
+    report_copies(split, groups, left_out, config["COPY_GROUPS"])
     fold = f" (fold {split.fold} of {split.folds})" if split.folds else ""
     print(f"split: {len(split.train)} train / {len(split.val)} validation{fold} / {len(split.test)} test (held out)")
     learnt = split.train + split.val
-    thumbnails = {sample_id: thumbnails[sample_id] for sample_id in learnt}
     digests = {sample_id: digests[sample_id] for sample_id in learnt}
-    cache_dir = Path(config["DATA_DIR"]) / "cache" if config["CACHE"] else None
     augment, no_augment = transforms.build_transform(config["AUGMENTATION"]), transforms.build_transform("none")
     with main_process_first(processes):  # one process builds the cache; the others then open it
         train_set = PolypDataset([by_id[i] for i in split.train], config["IMAGE_SIZE"], augment, cache_dir)
@@ -100,7 +101,7 @@ def prepare_data(
     panel_samples = [val_set[i] for i in range(len(panel_pairs))]
     panel_shapes = [read_rgb(image_path).shape for _, image_path, _ in panel_pairs]
     return TrainingData(
-        DataRecord(sources, split, digests, thumbnails),
+        DataRecord(sources, split, digests, groups, left_out),
         batches.steps_per_epoch,
         loader,
         val_batches,
@@ -109,3 +110,47 @@ def prepare_data(
         [sample_id for sample_id, _, _ in panel_pairs],
         [height / width for height, width, _ in panel_shapes],
     )
+
+
+def leave_out_copies(split: Split, groups: list[list[str]], leave_out: bool) -> tuple[Split, list[str]]:
+    """With LEAVE_OUT_COPIES, the split without the training images that are the same frame as a test image, and
+    their ids; refused when that leaves no training image. Without it, the split as it is."""
+    left_out = copies_of_test(split.train, split.test, groups) if leave_out else []
+    if not left_out:
+        return split, []
+    train = [i for i in split.train if i not in set(left_out)]
+    if not train:
+        raise UserError(
+            f"LEAVE_OUT_COPIES leaves no training image: all {len(left_out)} are the same frame as a test image (copy"
+            " groups); turn it off (--no-leave-out-copies) or check the groups with scripts/find_copies.py."
+        )
+    return Split(train, split.val, split.test, split.official, split.folds, split.fold), left_out
+
+
+def report_copies(split: Split, groups: list[list[str]], left_out: list[str], searched: bool) -> None:
+    """Say what the copy groups do to this run: the test images whose frame is in training (scored apart by
+    evaluate.py), the training images left out for them, and the groups kept on one side of the carve-out."""
+    if not searched:
+        print("copies: not looked for (COPY_GROUPS off): the carve-out may put two copies of one frame apart")
+        return
+    learnt, test = set(split.train + split.val), set(split.test)
+    tied = [group for group in groups if test.intersection(group) and learnt.union(left_out).intersection(group)]
+    copied_tests = sorted(i for group in tied for i in group if i in test)
+    copies = sorted(i for group in tied for i in group if i not in test)
+    inside = [group for group in groups if not test.intersection(group)]
+    print(
+        f"copies: {len(groups)} copy group(s) (the same frame twice or more); {len(inside)} of them lie within"
+        " training and validation, each kept on one side of the carve-out"
+    )
+    if copied_tests and left_out:
+        print(
+            f"copies: {len(copied_tests)} of the {len(test)} test images are the same frame as a training image"
+            f" ({first_few(copied_tests)}); LEAVE_OUT_COPIES left those {len(left_out)} training images out"
+            f" ({first_few(left_out)})"
+        )
+    elif copied_tests:
+        print(
+            f"copies: {len(copied_tests)} of the {len(test)} test images are the same frame as one of {len(copies)}"
+            f" training images ({first_few(copied_tests)}); they train, as in the published split, and"
+            " evaluate.py scores the test images with and without them (LEAVE_OUT_COPIES leaves them out)"
+        )

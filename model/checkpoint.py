@@ -18,8 +18,9 @@ all the keys below:
 | `epoch`, `metrics` | the epoch it was saved at and its history row (`train_loss`, `val_loss`, `val_dice`, ...) |
 | `datasets` | the datasets trained on: `name`, and for a folder its `images` and `masks` folders and `test_list` |
 | `split` | the ids of the `train`, `val` and `test` parts, whether the test ids are `official`, and `folds`, `fold` |
-| `digests` | a content digest of every training and validation image, so no copy of one is ever scored as held out |
-| `thumbnails` | every training and validation image in grey at 16 x 16 (hex): finds re-encoded or resized copies |
+| `digests` | a content digest of every training and validation image: no file copy of one is scored as held out |
+| `copy_groups` | groups of ids of one video frame (dataset/copies.py), each kept on one side of the carve-out |
+| `left_out` | the training images LEAVE_OUT_COPIES left out (the same frame as a test image); empty by default |
 | `config` | every training setting of the run, for the record, with its `RUN_ID` and absolute `RUN_FOLDER` |
 | `step`, `step_losses` | last.pth only: the steps done of `epoch`, and the loss of each of them |
 | `history`, `best_dice` | last.pth only: the rows of history.csv so far, and the best validation Dice so far |
@@ -193,10 +194,14 @@ def load_members(names: list[str]) -> list[Member]:
     return members
 
 
-def data_record(members: list[Member]) -> DataRecord:
-    """What the model of `members` was trained on: one checkpoint's data record, or an ensemble's (see
-    dataset.sources.ensemble_record), so that evaluation never scores an image any member saw as held out."""
-    records = [DataRecord.from_checkpoint(member.checkpoint) for member in members]
+def data_records(members: list[Member]) -> list[DataRecord]:
+    """What each checkpoint of `members` was trained on: its own data record (evaluation checks every one)."""
+    return [DataRecord.from_checkpoint(member.checkpoint) for member in members]
+
+
+def common_record(records: list[DataRecord]) -> DataRecord:
+    """The split to score a model of `records` on: one checkpoint's, or an ensemble's (dataset.sources.
+    ensemble_record: only images no member trained on count as held out)."""
     return records[0] if len(records) == 1 else ensemble_record(records)
 
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, m
 
 from common.config import parse_settings, script_constants
 from common.device import describe_device, use_threads
-from common.errors import UserError, run_main
+from common.errors import UserError, first_few, run_main
 from common.files import (
     WRITTEN_BY,
     claim_output,
@@ -35,13 +35,13 @@ from dataset.sources import (
     DataRecord,
     Source,
     absolute,
+    check_held_out,
     held_out_pairs,
     parse_source,
-    seen_images,
     source_pairs,
 )
 from dataset.splits import Split
-from model.checkpoint import Member, data_record, load_members
+from model.checkpoint import Member, common_record, load_members
 from utils import inference  # as a module: its THRESHOLD is not a setting of this script
 from utils.scoring import GLOBAL_METRICS, METRICS, score_pairs, summarize
 
@@ -72,17 +72,20 @@ METRIC_LABELS = {  # how the printed table names utils.scoring's METRICS
 
 @dataclass
 class Target:
-    """One dataset to score: its name, its (id, image, mask) pairs, and which of its images they are."""
+    """One dataset to score: its name, its (id, image, mask) pairs, which of its images they are, and those that
+    are the same frame as an image some member trained or validated on (id: that image's id)."""
 
     name: str
     pairs: list
     description: str
+    copies: dict[str, str]
 
 
-def scoring_targets(config: dict, record: DataRecord) -> list[Target]:
+def scoring_targets(config: dict, record: DataRecord, records: list[DataRecord] | None = None) -> list[Target]:
     """What to score: IMAGES/MASKS, else each of DATASETS, else the datasets the model was trained on. A dataset the
-    model was trained on gives its SPLIT part (held-out test images, or the validation carve-out); any other
-    dataset all its images."""
+    model was trained on gives its SPLIT part (held-out test images, or the validation carve-out) of `record`, the
+    members' common split; any other dataset all its images. Each member's own record (`records`; by default
+    `record` alone) is checked."""
     if bool(config["IMAGES"]) != bool(config["MASKS"]):
         raise UserError("give both --images and --masks (a folder of images and a folder of their masks).")
     if config["IMAGES"]:
@@ -109,8 +112,8 @@ def scoring_targets(config: dict, record: DataRecord) -> list[Target]:
                 " one partition share no validation image: each fold's are the others' training images); score an"
                 " ensemble on --split test or on other data."
             )
-        refuse_seen_images(source.name, pairs, record, config["SPLIT"])
-        targets.append(Target(source.name, pairs, f"{len(pairs)} images: {kind}"))
+        copies = check_held_out(source.name, pairs, records or [record], config["SPLIT"], config["DATA_DIR"])
+        targets.append(Target(source.name, pairs, f"{len(pairs)} images: {kind}", copies))
     return targets
 
 
@@ -147,19 +150,6 @@ def describe_part(source: Source, record: DataRecord, part: str) -> str:
     if source.is_kvasir and record.split.official:
         return "the official Kvasir-SEG test split"
     return "the held-out test split (" + ("its test list" if source.test_list else "seeded") + ")"
-
-
-def refuse_seen_images(name: str, pairs, record: DataRecord, part: str) -> None:
-    """Refuse to score images the model trained on (or, scoring held-out images, was validated on), found by
-    content: the same image in another copy of the data, or under another name, counts."""
-    seen = seen_images(record, pairs, parts=("train",) if part == "val" else ("train", "val"))
-    if seen:
-        example, seen_as = seen[0]
-        raise UserError(
-            f"{len(seen)} of the {len(pairs)} {name} images to score are images this model was trained or validated"
-            f" on (e.g. {example} is its {seen_as}), so their scores would not be held-out scores; score its held-out"
-            " split (the default), or data it never saw."
-        )
 
 
 def rounded(row: dict) -> dict:
@@ -225,36 +215,58 @@ def format_report(report: dict) -> str:
         *(f"{dataset['name']}: {dataset['source']}" for dataset in report["datasets"]),
         *describe_model(report),
         "",
-        *(summary_table(report["summary"]) if len(report["datasets"]) == 1 else dataset_table(report["datasets"])),
+        *(summary_table(report["datasets"][0]) if len(report["datasets"]) == 1 else dataset_table(report["datasets"])),
         "",
         describe_speed(report),
     ]
     return "\n".join(lines)
 
 
+def summarize_without_copies(rows: list[dict]) -> dict | None:
+    """The summary of the rows whose image is no copy of a training image (None when every one is)."""
+    clean = [row for row in rows if not row["copy_of"]]
+    return summarize(clean) if clean else None
+
+
 def dataset_table(datasets: list[dict]) -> list[str]:
     """The table the polyp literature reports: per dataset the images and the per-image mean of each metric
-    (mDice, mIoU, ...), and the global Dice (all its pixels pooled)."""
-    header = f"{'dataset':<20}{'images':>7}" + "".join(f"{METRIC_LABELS[name][:9]:>10}" for name in METRICS)
+    (mDice, mIoU, ...), and the global Dice (all its pixels pooled); below a dataset whose images include copies of
+    training images (the same frame), the same for the rest."""
+    header = f"{'dataset':<28}{'images':>7}" + "".join(f"{METRIC_LABELS[name][:9]:>10}" for name in METRICS)
     lines = [header + f"{'global Dice':>12}"]
     for dataset in datasets:
-        summary = dataset["summary"]
-        means = "".join(f"{summary['mean'][name]:>10.4f}" for name in METRICS)
-        lines.append(f"{dataset['name'][:19]:<20}{summary['images']:>7}{means}{summary['global']['dice']:>12.4f}")
+        rows = [(dataset["name"][:27], dataset["summary"])]
+        if dataset["copies_in_training"]:
+            rows.append(("  no copy in training", dataset["summary_without_copies"]))
+        for name, summary in rows:
+            if summary is None:
+                lines.append(f"{name:<28}{0:>7}  (every image is the same frame as a training image)")
+                continue
+            means = "".join(f"{summary['mean'][metric]:>10.4f}" for metric in METRICS)
+            lines.append(f"{name:<28}{summary['images']:>7}{means}{summary['global']['dice']:>12.4f}")
     return lines
 
 
-def summary_table(summary: dict) -> list[str]:
-    """Per-image mean and standard deviation of each metric, then the global scores."""
-    lines = [f"{'metric':<32}{'mean':>8}{'std':>8}"]
-    lines += [
-        f"{METRIC_LABELS[name] + ' (per image)':<32}{summary['mean'][name]:>8.4f}{summary['std'][name]:>8.4f}"
-        for name in METRICS
-    ]
-    lines += [
-        f"{METRIC_LABELS[name] + ' (global, pixels pooled)':<32}{summary['global'][name]:>8.4f}"
-        for name in GLOBAL_METRICS
-    ]
+def summary_table(dataset: dict) -> list[str]:
+    """Per-image mean and standard deviation of each metric, then the global scores: of all images, and beside
+    them of the images that are no copy of a training image (the same frame), where some are."""
+    columns = [(f"all {dataset['summary']['images']}", dataset["summary"])]
+    lines = []
+    if copies := dataset["copies_in_training"]:
+        clean = dataset["summary_without_copies"]
+        columns.append((f"no copy in training {clean['images'] if clean else 0}", clean))
+        lines.append(
+            f"{len(copies)} of the {dataset['summary']['images']} images are the same frame as a training image"
+            f" ({first_few(sorted(copies))}); the right-hand columns leave them out"
+        )
+    lines.append(f"{'':<32}" + "".join(f"{title:>24}" for title, _ in columns))
+    lines.append(f"{'metric':<32}" + f"{'mean':>16}{'std':>8}" * len(columns))
+    for name in METRICS:
+        cells = [f"{s['mean'][name]:>16.4f}{s['std'][name]:>8.4f}" if s else f"{'-':>24}" for _, s in columns]
+        lines.append(f"{METRIC_LABELS[name] + ' (per image)':<32}" + "".join(cells))
+    for name in GLOBAL_METRICS:
+        cells = [f"{s['global'][name]:>16.4f}{'':>8}" if s else f"{'-':>24}" for _, s in columns]
+        lines.append(f"{METRIC_LABELS[name] + ' (global, pixels pooled)':<32}" + "".join(cells))
     return lines
 
 
@@ -297,15 +309,25 @@ def main() -> None:
     members = load_members(config["CHECKPOINT"])
     predictor = inference.predictor_from_settings(members, config)
     batch_size = inference.inference_batch_size(config["BATCH_SIZE"], predictor.device)
-    record = checkpoint_record(members[0].checkpoint, config) if len(members) == 1 else data_record(members)
-    targets = scoring_targets(config, record)
+    records = [checkpoint_record(member.checkpoint, config) for member in members]
+    record = common_record(records)
+    targets = scoring_targets(config, record, records)
     print(f"scoring {', '.join(target.name for target in targets)} on {describe_device(predictor.device)}")
 
     rows, datasets = [], []
     for target in targets:
         scored = score_pairs(predictor, target.pairs, batch_size, progress=True)
+        scored = [{**row, "copy_of": target.copies.get(row["id"], "")} for row in scored]
         rows += [{"dataset": target.name, **row} for row in scored]
-        datasets.append({"name": target.name, "source": target.description, "summary": summarize(scored)})
+        datasets.append(
+            {
+                "name": target.name,
+                "source": target.description,
+                "copies_in_training": target.copies,
+                "summary": summarize(scored),
+                "summary_without_copies": summarize_without_copies(scored),
+            }
+        )
     speed_images = [read_rgb(image_path) for _, image_path, _ in targets[0].pairs[:batch_size]]
     speed = predictor.speed(speed_images)
     rows_of_members = member_rows(members, predictor)
@@ -321,6 +343,7 @@ def main() -> None:
         "device": describe_device(predictor.device),
         "datasets": datasets,
         "summary": summarize(rows),
+        "summary_without_copies": summarize_without_copies(rows),
         "speed": {**speed, "batch_size": len(speed_images)},
     }
     print(format_report(report))

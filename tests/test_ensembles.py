@@ -13,7 +13,7 @@ from common.errors import UserError
 from dataset.sources import DataRecord, Source, ensemble_record
 from dataset.splits import Split
 from model import build_unet
-from model.checkpoint import data_record, load_checkpoint, load_members, save_checkpoint
+from model.checkpoint import common_record, data_records, load_checkpoint, load_members, save_checkpoint
 from tests.checkpoints import save_untrained_checkpoint
 from tests.scripts import load_script
 from tests.test_evaluate import ConstantLogit
@@ -101,14 +101,14 @@ def test_folders_and_files_that_make_no_ensemble_are_refused(kvasir_dir, tmp_pat
 
 def test_the_folds_of_one_partition_leave_only_the_test_images_held_out(kvasir_dir, tmp_path):
     members = load_members([str(fold_checkpoints(tmp_path, kvasir_dir))])
-    records = [DataRecord.from_checkpoint(member.checkpoint) for member in members]
-    record = data_record(members)
+    records = data_records(members)
+    record = common_record(records)
     assert record.split.val == [] and record.split.test == records[0].split.test
     assert record.split.train == sorted(records[0].split.train + records[0].split.val)
-    (target,) = evaluate.scoring_targets({**SETTINGS, "DATA_DIR": kvasir_dir}, record)
+    (target,) = evaluate.scoring_targets({**SETTINGS, "DATA_DIR": kvasir_dir}, record, records)
     assert [pair[0] for pair in target.pairs] == records[0].split.test
     with pytest.raises(UserError, match="no kvasir image is in the val part of every checkpoint's split"):
-        evaluate.scoring_targets({**SETTINGS, "SPLIT": "val", "DATA_DIR": kvasir_dir}, record)
+        evaluate.scoring_targets({**SETTINGS, "SPLIT": "val", "DATA_DIR": kvasir_dir}, record, records)
 
 
 def test_an_ensemble_refuses_images_any_member_trained_or_validated_on(kvasir_dir, tmp_path):
@@ -120,8 +120,9 @@ def test_an_ensemble_refuses_images_any_member_trained_or_validated_on(kvasir_di
         for sample_id in fold0.split.val[:2]:
             shutil.copy(kvasir_dir / "Kvasir-SEG" / kind / f"{sample_id}.jpg", copy / kind / f"x_{sample_id}.jpg")
     settings = {**SETTINGS, "DATASETS": [f"copy={copy}"], "DATA_DIR": kvasir_dir}
+    records = data_records(members)
     with pytest.raises(UserError, match="2 of the 2 copy images to score are images this model was trained or"):
-        evaluate.scoring_targets(settings, data_record(members))
+        evaluate.scoring_targets(settings, common_record(records), records)
 
 
 def test_members_of_different_data_are_held_out_on_what_none_of_them_saw(kvasir_dir, tmp_path):
@@ -130,7 +131,7 @@ def test_members_of_different_data_are_held_out_on_what_none_of_them_saw(kvasir_
     other_record = DataRecord.from_checkpoint(other)
     other_record.split = Split(other_record.split.train, other_record.split.val, other_record.split.test[:1], False)
     save_checkpoint(tmp_path / "two.pth", {**other, **other_record.as_dict()})  # held out one test image fewer
-    record = data_record(load_members([str(one), str(tmp_path / "two.pth")]))
+    record = common_record(data_records(load_members([str(one), str(tmp_path / "two.pth")])))
     assert record.split.test == other_record.split.test[:1]  # held out by both
     assert set(record.split.train) == set(DataRecord.from_checkpoint(load_checkpoint(one)).split.train) | set(
         other_record.split.train + other_record.split.val
@@ -171,7 +172,8 @@ def test_the_evaluation_report_names_the_members_and_the_threshold():
 
 def test_a_fold_checkpoint_scores_its_own_fold_with_split_val(kvasir_dir, tmp_path):
     folder = fold_checkpoints(tmp_path, kvasir_dir)
-    record = data_record(load_members([str(folder / "fold1" / "best.pth")]))
-    (target,) = evaluate.scoring_targets({**SETTINGS, "SPLIT": "val", "DATA_DIR": kvasir_dir}, record)
+    records = data_records(load_members([str(folder / "fold1" / "best.pth")]))
+    record = common_record(records)
+    (target,) = evaluate.scoring_targets({**SETTINGS, "SPLIT": "val", "DATA_DIR": kvasir_dir}, record, records)
     assert [pair[0] for pair in target.pairs] == record.split.val and record.split.fold == 1
     assert target.description.endswith("fold 1 of the 2-fold partition the checkpoint was chosen on")

@@ -217,3 +217,62 @@ def test_threads_sets_the_cpu_threads_evaluate_runs_on_and_a_negative_count_is_r
     result = run_script("evaluate", *common, "--threads", "1", "--json", tmp_path / "summary.json")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "summary.json").read_text())["device"].endswith(" cores, 1 threads)")
+
+
+def with_copy_groups(path, groups) -> None:
+    """Rewrite the checkpoint at `path` with these copy groups in its data record."""
+    checkpoint = torch.load(path, weights_only=True)
+    torch.save({**checkpoint, "copy_groups": groups}, path)
+
+
+@pytest.mark.slow
+def test_test_images_with_a_training_copy_are_scored_and_reported_apart(kvasir_dir, tmp_path):
+    checkpoint = save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir)
+    record = DataRecord.from_checkpoint(torch.load(checkpoint, weights_only=True))
+    copied = record.split.test[0]
+    with_copy_groups(checkpoint, [[copied, record.split.train[0]]])
+    csv_path, json_path = tmp_path / "out" / "per_image.csv", tmp_path / "out" / "summary.json"
+    result = run_script(
+        "evaluate", "--checkpoint", checkpoint, "--data-dir", kvasir_dir, "--device", "cpu", "--no-tta",
+        "--csv", csv_path, "--json", json_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"1 of the 2 images are the same frame as a training image ({copied})" in result.stdout
+    assert "all 2" in result.stdout and "no copy in training 1" in result.stdout
+    summary = json.loads(json_path.read_text())
+    assert summary["datasets"][0]["copies_in_training"] == {copied: record.split.train[0]}
+    assert summary["summary"]["images"] == 2 and summary["summary_without_copies"]["images"] == 1
+    with open(csv_path) as file:
+        rows = {row["id"]: row for row in csv.DictReader(file)}
+    assert rows[copied]["copy_of"] == record.split.train[0] and rows[record.split.test[1]]["copy_of"] == ""
+    clean = float(rows[record.split.test[1]]["dice"])
+    assert summary["summary_without_copies"]["mean"]["dice"] == pytest.approx(clean, abs=1e-6)
+
+
+def test_when_every_test_image_has_a_training_copy_the_clean_column_says_so(kvasir_dir):
+    evaluate = load_script("evaluate")
+    row = {"id": "a", "copy_of": "b", "dice": 0.5}
+    assert evaluate.summarize_without_copies([row]) is None
+    summary = {"images": 1, "mean": dict.fromkeys(evaluate.METRICS, 0.5), "std": dict.fromkeys(evaluate.METRICS, 0)}
+    summary["global"] = {"dice": 0.5, "iou": 0.3}
+    dataset = {"name": "kvasir", "summary": summary, "summary_without_copies": None, "copies_in_training": {"a": "b"}}
+    assert "no copy in training 0" in "\n".join(evaluate.summary_table(dataset))
+    assert "every image is the same frame as a training image" in "\n".join(evaluate.dataset_table([dataset] * 2))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.pop("copy_groups"), "records no copy groups"),
+        (lambda c: c.update(copy_groups="a b"), "data record .* is damaged"),
+        (lambda c: c.update(copy_groups=[["a", 3]]), "data record .* is damaged"),
+        (lambda c: c.update(digests=[1, 2]), "data record .* is damaged"),
+        (lambda c: c.update(datasets=[{"name": "x", "colour": "red"}]), "data record .* is damaged"),
+        (lambda c: c.update(left_out="a"), "data record .* is damaged"),
+    ],
+)
+def test_a_checkpoint_without_or_with_a_damaged_data_record_is_refused_in_one_line(kvasir_dir, change, message):
+    checkpoint = torch.load(save_untrained_checkpoint(kvasir_dir.parent / "m.pth", kvasir_dir), weights_only=True)
+    change(checkpoint)
+    with pytest.raises(UserError, match=message):
+        DataRecord.from_checkpoint(checkpoint)

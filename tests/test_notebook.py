@@ -25,6 +25,7 @@ def test_notebook_runs_and_shows_curves_scores_and_panels(kvasir_dir, tmp_path, 
     checkpoint_path = save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir)
     checkpoint = load_checkpoint(checkpoint_path)
     checkpoint["config"]["OUTPUT_DIR"] = str(tmp_path / "run")  # the run folder the notebook finds the curves in
+    checkpoint["copy_groups"] = [[checkpoint["split"]["test"][0], checkpoint["split"]["train"][0]]]
     save_checkpoint(checkpoint_path, checkpoint)
     (tmp_path / "run").mkdir()
     cv2.imwrite(str(tmp_path / "run" / "curves.png"), np.zeros((8, 8, 3), np.uint8))
@@ -44,7 +45,7 @@ def test_notebook_runs_and_shows_curves_scores_and_panels(kvasir_dir, tmp_path, 
     ).execute()
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     text = "".join(output.get("text", "") for output in outputs)
-    assert "2 test images: mean Dice" in text
+    assert "2 test images: mean Dice" in text and "1 with no copy in training: mean Dice" in text
     tables = [output["data"]["text/markdown"] for output in outputs if "text/markdown" in output.get("data", {})]
     assert len(tables) == 1 and tables[0].count("| sample_") == 2  # the worst and best few: both, with 2 images
     figures = [output for output in outputs if "image/png" in output.get("data", {})]

@@ -3,13 +3,12 @@ data."""
 
 import re
 
-import cv2
 import pytest
 
 from common.errors import UserError
-from dataset.sources import image_thumbnail, keep_copies_apart
+from dataset.copies import read_groups
+from dataset.sources import KVASIR_COPIES
 from dataset.splits import Split, make_split, official_split
-from dataset.synthetic import make_kvasir_folder
 
 
 def test_official_split_files():
@@ -82,7 +81,8 @@ def test_a_split_read_back_from_a_checkpoint_keeps_its_fold():
         (
             40,
             0,
-            "FOLDS 40 leaves 4 fold(s) with no image: the data has only 36 training images; give FOLDS from 2 to 36",
+            "FOLDS 40 leaves some fold with no image: the 36 training images that may validate form only 36 copy"
+            " group(s) or single images",
         ),
     ],
 )
@@ -91,37 +91,49 @@ def test_folds_that_name_no_fold_or_leave_one_empty_are_refused(folds, fold, mes
         make_split([f"image_{i:02d}" for i in range(36)], 0.1, seed=0, test_ids=[], folds=folds, fold=fold)
 
 
-# --- copies of one image on two sides of a split -------------------------------------------------------------------
+# --- copy groups: each on one side ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def copied_images(tmp_path):
-    """Six synthetic images, b a re-encoded copy of a (a PNG of the JPEG, as Kvasir-SEG's 3 near-identical pairs
-    differ by encoding), e of d; their thumbnails by id."""
-    root = make_kvasir_folder(tmp_path, 6)
-    images = sorted((root / "images").glob("*.jpg"))
-    names = dict(zip("abcdef", images, strict=True))
-    for copy, original in (("b", "a"), ("e", "d")):
-        names[copy] = tmp_path / f"{copy}.png"
-        cv2.imwrite(str(names[copy]), cv2.imread(str(names[original])))
-    return {name: image_thumbnail(path) for name, path in names.items()}
+IDS = [f"image_{i:02d}" for i in range(40)]
+GROUPS = [["image_00", "image_01", "image_02"], ["image_03", "image_04"], ["image_05", "image_30"]]
 
 
-def test_a_validation_copy_of_a_training_image_trains(copied_images, capsys):
-    split = keep_copies_apart(Split(["a", "c"], ["b", "f"], ["d", "e"], False), copied_images)
-    assert split == Split(["a", "b", "c"], ["f"], ["d", "e"], False)
-    assert "note: validation image b is a copy of training image a: it trains instead" in capsys.readouterr().out
+def sides(split: Split) -> dict[str, str]:
+    """The part of the split each id lies in."""
+    return {i: part for part in ("train", "val", "test") for i in getattr(split, part)}
 
 
-@pytest.mark.parametrize("part", ["train", "val"])
-def test_a_copy_of_a_test_image_is_left_out_of_training_and_validation(copied_images, part, capsys):
-    parts = {"train": ["a", "b", "c"], "val": ["f"]}
-    parts[part] = [*parts[part], "e"]
-    split = keep_copies_apart(Split(parts["train"], parts["val"], ["d"], True, 3, 1), copied_images)
-    assert split == Split(["a", "b", "c"], ["f"], ["d"], True, 3, 1)  # a and b together stay: both train
-    assert "note: e is a copy of test image d: left out of training" in capsys.readouterr().out
+@pytest.mark.parametrize("folds", [0, 4])
+def test_a_copy_group_is_never_parted(folds):
+    for seed in range(30):
+        for fold in range(max(folds, 1)):
+            split = make_split(IDS, 0.2, seed, test_ids=["image_30", "image_31"], folds=folds, fold=fold, groups=GROUPS)
+            part = sides(split)
+            assert {part[i] for i in GROUPS[0]} in ({"train"}, {"val"})
+            assert {part[i] for i in GROUPS[1]} in ({"train"}, {"val"})
+            assert part["image_05"] == "train"  # the same frame as test image image_30: it trains, never validates
 
 
-def test_a_split_without_parted_copies_is_kept_as_it_is(copied_images, capsys):
-    split = Split(["a", "b", "c"], ["f"], ["d", "e"], False)
-    assert keep_copies_apart(split, copied_images) is split and not capsys.readouterr().out
+def test_copies_of_official_test_images_train_and_never_validate():
+    train, test = official_split()
+    groups = read_groups(KVASIR_COPIES)
+    tied = {i for group in groups if set(group) & set(test) for i in group if i in set(train)}
+    assert len(tied) == 13
+    for seed in range(10):
+        split = make_split(sorted(train + test), 0.1, seed, groups=groups)
+        assert tied <= set(split.train) and not tied & set(split.val) and 88 <= len(split.val) <= 92
+        parted = [group for group in groups if tied.isdisjoint(group) and len({sides(split)[i] for i in group}) > 1]
+        assert not parted
+
+
+def test_a_random_test_part_keeps_copy_groups_whole():
+    for seed in range(30):
+        part = sides(make_split(IDS, 0.1, seed, groups=GROUPS))
+        assert all(len({part[i] for i in group}) == 1 for group in GROUPS)
+
+
+def test_a_split_that_leaves_no_image_to_validate_names_the_copy_check():
+    with pytest.raises(UserError, match="3 training image.s., 3 of them the same frame as a test image"):
+        make_split(["a", "b", "c", "d"], 0.1, 0, test_ids=["d"], groups=[["a", "b", "c", "d"]])
+    with pytest.raises(UserError, match="only 1 copy group.s. or single images"):
+        make_split(["a", "b", "c", "d"], 0.1, 0, test_ids=["d"], folds=2, groups=[["a", "b", "c"]])
