@@ -80,17 +80,8 @@ def test_frames_that_share_only_an_overlay_are_not_copies(frames):
 
 def test_low_contrast_noise_images_have_no_copies(tmp_path):
     """Grey noise with a faint coloured ellipse at random places: no two are one frame, however alike they look."""
-    rng = np.random.default_rng(0)
-    for kind in ("images", "masks"):
-        (tmp_path / kind).mkdir()
-    for index in range(24):
-        image = (128 + rng.normal(0, 4, (96, 128, 3))).clip(0, 255).astype(np.uint8)
-        mask = np.zeros((96, 128), np.uint8)
-        cv2.ellipse(mask, (int(rng.integers(30, 100)), int(rng.integers(30, 70))), (18, 12), 0, 0, 360, 255, -1)
-        image[mask > 0] = (0.8 * image[mask > 0] + 0.2 * np.array([90, 110, 170])).astype(np.uint8)
-        cv2.imwrite(str(tmp_path / "images" / f"{index:02d}.png"), image)
-        cv2.imwrite(str(tmp_path / "masks" / f"{index:02d}.png"), mask)
-    assert copies.find_copies(pair_images_and_masks(tmp_path / "images", tmp_path / "masks")) == []
+    folder = low_contrast_dataset(tmp_path / "alike", 24, seed=0)
+    assert copies.find_copies(pair_images_and_masks(folder / "images", folder / "masks")) == []
 
 
 def test_many_images_are_searched_through_retrieval_and_copies_still_found(tmp_path):
