@@ -143,6 +143,16 @@ def test_missing_or_same_named_recipes_are_refused(tmp_path):
     assert [run.folder.name for run in runs] == ["a-seed1", "a-seed2"]
 
 
+def test_a_run_that_an_earlier_sweeps_job_still_holds_is_busy_and_not_submitted(tmp_path, capsys):
+    run = sweep.RecipeRun(Path("a.py"), 1, tmp_path / "a-seed1")
+    with sweep.exclusive_lock(run.folder / sweep.JOB_LOCK, "x"):  # a job of a sweep killed with kill -9
+        assert sweep.startable(run, settings(DATA_DIR="d"), {}) is False
+    assert run.status == "busy" and f"still training in process {os.getpid()}, which an earlier sweep" in run.note
+    assert "a seed 1: busy after" in capsys.readouterr().out
+    touch(run.folder / "summary.json", run.folder / "val_tta.json", run.folder / "val.json")
+    assert sweep.startable(run, settings(), {}) is False and run.status == "done"
+
+
 def test_the_last_line_of_a_log_skips_progress_bars_and_blanks(tmp_path):
     log = tmp_path / "run.log"
     log.write_text("$ train.py\nepoch 1/2:  50%|#  | 1/2\repoch 1/2: 100%\r   \rerror: EPOCHS must be at least 1.\n\n")
@@ -566,3 +576,65 @@ def test_running_again_reuses_finished_runs_and_test_scores_only_with_the_flag(s
     mean = json.loads((tmp_path / "sweep" / "short-seed42" / "test_tta.json").read_text())["summary"]["mean"]
     assert (float(row["test_tta_dice"]), float(row["test_tta_iou"])) == (mean["dice"], mean["iou"])
     assert "test Dice TTA" in test.stdout and "never used to rank" in test.stdout
+
+
+def session_processes(session: int) -> list[int]:
+    """The processes of a session (the sweep's, started with start_new_session: its jobs and their steps too)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[3]) == session:  # after the state, ppid and pgrp
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory):
+    """A sweep of a 30-epoch recipe (saving every epoch) and a one-epoch one through the local executor, killed
+    with kill -9 with all its jobs and their steps as a crash would, once the long run has saved an epoch; then run
+    again to the end, and once more through the debug executor, with --test."""
+    tmp_path = tmp_path_factory.mktemp("crash")
+    make_kvasir_folder(tmp_path / "data", 12)
+    (tmp_path / "saving.py").write_text(RECIPES["long"] + "SAVE_EVERY = 0.0\n")
+    (tmp_path / "short.py").write_text(RECIPES["short"])
+    command = sweep_command(tmp_path, "saving", "short", seeds=["42"])
+    environment = {**os.environ, "MPLBACKEND": "Agg", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "sweep.py"), *command], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True, env=environment,
+    )  # fmt: skip
+    log = tmp_path / "sweep" / "saving-seed42" / "run.log"
+    try:
+        wait_for(lambda: log.is_file() and len(EPOCH_LINE.findall(log.read_text())) >= 2, "two epoch lines")
+    finally:
+        for pid in session_processes(process.pid):
+            os.kill(pid, signal.SIGKILL)
+        process.wait()
+    killed_at = {"last.pth": (log.parent / "last.pth").is_file()}
+    rerun = run_script("sweep", *command)
+    killed_at["ranking"] = read_csv(tmp_path / "sweep" / "ranking.csv")
+    flags = ["--executor", "debug", "--test"]
+    return tmp_path, killed_at, rerun, run_script("sweep", *sweep_command(tmp_path, "short", seeds=["42"], flags=flags))
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_with_kill_9_is_completed_by_running_it_again(crashed):
+    tmp_path, killed_at, rerun, _ = crashed
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert killed_at["last.pth"] and "saving seed 42: resuming" in rerun.stdout
+    history = read_csv(tmp_path / "sweep" / "saving-seed42" / "history.csv")
+    assert [int(row["epoch"]) for row in history] == list(range(1, 31))  # the killed epochs trained again, once
+    assert [row["status"] for row in killed_at["ranking"]] == ["done", "done"]
+    assert len(list((tmp_path / "sweep" / "jobs").iterdir())) == 3  # a folder of submitit's files per sweep started
+
+
+@pytest.mark.slow
+def test_the_debug_executor_runs_the_jobs_in_the_sweeps_own_process(crashed):
+    tmp_path, _, _, debug = crashed
+    assert debug.returncode == 0, debug.stdout[-3000:] + debug.stderr[-3000:]
+    assert "short seed 42: scoring test_tta" in debug.stdout and "test Dice TTA" in debug.stdout
+    (row,) = read_csv(tmp_path / "sweep" / "ranking.csv")
+    assert row["status"] == "done" and row["test_tta_dice"] != ""
