@@ -408,7 +408,7 @@ def run_job(run: RecipeRun, config: dict, environment: dict[str, str | None], sw
     killed sweep sees the run still going. Returns how the run ended, {"status": done | failed | stopped, "note"};
     never raises (submitit's debug executor would open a debugger)."""
     try:
-        with exclusive_lock(run.folder / JOB_LOCK, run.folder, "wait for it to end"), SignalForwarder() as signals:
+        with exclusive_lock(run.folder / JOB_LOCK, run.folder, "stop it"), SignalForwarder() as signals:
             outcome = run_steps(run, config, environment, signals)
     except UserError as error:  # JOB_LOCK is held: another job of this run is going
         return {"status": "busy", "note": str(error)}
@@ -444,17 +444,22 @@ def run_steps(run: RecipeRun, config: dict, environment: dict, signals: SignalFo
             continue
         if forwarded:
             return {"status": "stopped", "note": f"{step.label} stopped; run the sweep again to continue"}
-        how = f"was killed by {signal.Signals(-process.returncode).name}" if process.returncode < 0 else ""
-        how = how or f"exited {process.returncode}"
-        reason = last_line(run.log) if process.returncode else f"wrote no {step.writes.name}"
+        code = process.returncode
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited {code}"
+        reason = last_line(run.log) if code else f"wrote no {step.writes.name}"
         return {"status": "failed", "note": f"{step.label} {how}: {reason}"}
     return {"status": "done", "note": ""}
 
 
 def merged_environment(changes: dict[str, str | None]) -> dict[str, str]:
     """This process's environment with `changes` (None: unset)."""
-    environment = {**os.environ, **{name: value for name, value in changes.items() if value is not None}}
-    return {name: value for name, value in environment.items() if changes.get(name, "") is not None}
+    environment = dict(os.environ)
+    for name, value in changes.items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
+    return environment
 
 
 def unblock_signals() -> None:

@@ -286,7 +286,8 @@ def test_executor_settings_that_cannot_work_are_refused(monkeypatch, changes, me
         sweep.check_executor(settings(**changes))
 
 
-def test_a_jobs_dir_that_is_a_file_or_read_only_is_refused(tmp_path):
+def test_a_jobs_dir_that_is_a_file_or_read_only_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # make_executor sets it; restored after
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="JOBS_DIR .*file is a file, not a folder"):
         sweep.make_executor(settings(JOBS_DIR=str(tmp_path / "file")))
@@ -313,6 +314,7 @@ def test_slurm_submission_writes_one_job_array_script(tmp_path, monkeypatch):
         (bin_dir / name).write_text(f"#!/bin/sh\n{text}\n")
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     config = settings(
         EXECUTOR="slurm", SWEEP_DIR=str(tmp_path / "sweep"), PARALLEL=2, SLURM_PARTITION="gpu", SLURM_TIME=90,
         SLURM_CPUS=6, SLURM_SETUP=["module load cuda", "source .venv/bin/activate"],
