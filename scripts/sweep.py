@@ -78,9 +78,6 @@ SLURM_SETUP = []  # shell lines each job runs first, e.g. "module load cuda" "so
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT, EVALUATE_SCRIPT = REPO / "scripts" / "train.py", REPO / "scripts" / "evaluate.py"
 EXECUTORS = {"local": submitit.LocalExecutor, "slurm": submitit.SlurmExecutor, "debug": submitit.DebugExecutor}
-# submitit's local executor stops a job after timeout_min (2 by default); a run on this machine has no limit
-LOCAL_TIMEOUT_MINUTES = 60 * 24 * 365
-POLL_SECONDS = 0.2  # how often the sweep looks at its jobs, and a job at its process and stop requests
 # How each run is scored: evaluate.py with these flags writes RUN/<name>.json and RUN/<name>.csv
 SCORES = {
     "val_tta": ("--split", "val", "--tta"),
@@ -439,7 +436,7 @@ def run_steps(run: RecipeRun, config: dict, environment: dict, signals: SignalFo
             for number in requests[forwarded:]:
                 process.send_signal(number)
             forwarded = len(requests)
-            time.sleep(POLL_SECONDS)
+            time.sleep(0.2)  # how often a job looks at its step's process and at the stop requests
         if process.returncode == 0 and step.writes.is_file():
             continue
         if forwarded:
@@ -501,7 +498,7 @@ def make_executor(config: dict) -> submitit.Executor:
     # the jobs unpickle run_job, which imports this repository's modules, wherever they start
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     if config["EXECUTOR"] == "local":
-        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MINUTES)
+        executor.update_parameters(timeout_min=60 * 24 * 365)  # submitit's local default is 2 minutes; here, none
     elif config["EXECUTOR"] == "slurm":
         executor.update_parameters(**slurm_parameters(config))
     return executor
@@ -548,7 +545,7 @@ def startable(run: RecipeRun, config: dict, digests: dict[str, str]) -> bool:
     holder = lock_holder(run.folder / JOB_LOCK) or lock_holder(run.folder / "train.lock")
     if holder is not None:
         finish(
-            run, "busy", f"still training in process {holder}, which an earlier sweep started (was it killed?); wait"
+            run, "busy", f"still going in process {holder}, which an earlier sweep started (was it killed?); wait"
             f" for it to end, or stop it (kill {holder}), then run the sweep again",
         )  # fmt: skip
         return False
@@ -618,7 +615,7 @@ def work_through(
                 batch.append(run)
         free = [gpu for gpu in gpus if gpu not in {submitted.gpu for submitted in active}]
         active += submit(executor, batch, [free.pop(0) if free else None for _ in batch], config) if batch else []
-        time.sleep(POLL_SECONDS)
+        time.sleep(0.2)  # how often the sweep looks at its jobs
         for submitted in [submitted for submitted in active if submitted.job.done()]:
             collect(submitted, stopping=bool(signals.received))
             active.remove(submitted)

@@ -147,7 +147,7 @@ def test_a_run_that_an_earlier_sweeps_job_still_holds_is_busy_and_not_submitted(
     run = sweep.RecipeRun(Path("a.py"), 1, tmp_path / "a-seed1")
     with sweep.exclusive_lock(run.folder / sweep.JOB_LOCK, "x"):  # a job of a sweep killed with kill -9
         assert sweep.startable(run, settings(DATA_DIR="d"), {}) is False
-    assert run.status == "busy" and f"still training in process {os.getpid()}, which an earlier sweep" in run.note
+    assert run.status == "busy" and f"still going in process {os.getpid()}, which an earlier sweep" in run.note
     assert "a seed 1: busy after" in capsys.readouterr().out
     touch(run.folder / "summary.json", run.folder / "val_tta.json", run.folder / "val.json")
     assert sweep.startable(run, settings(), {}) is False and run.status == "done"
@@ -595,14 +595,14 @@ def session_processes(session: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def crashed(tmp_path_factory):
-    """A sweep of a 30-epoch recipe (saving every epoch) and a one-epoch one through the local executor, killed
-    with kill -9 with all its jobs and their steps as a crash would, once the long run has saved an epoch; then run
-    again to the end, and once more through the debug executor, with --test."""
+    """A sweep of a 30-epoch recipe (saving every epoch) then a one-epoch one through the local executor, one run at
+    a time, killed with kill -9 with all its jobs and their steps as a crash would, once the long run has saved an
+    epoch; then run again to the end, and once more through the debug executor, with --test."""
     tmp_path = tmp_path_factory.mktemp("crash")
     make_kvasir_folder(tmp_path / "data", 12)
     (tmp_path / "saving.py").write_text(RECIPES["long"] + "SAVE_EVERY = 0.0\n")
     (tmp_path / "short.py").write_text(RECIPES["short"])
-    command = sweep_command(tmp_path, "saving", "short", seeds=["42"])
+    command = sweep_command(tmp_path, "saving", "short", seeds=["42"], flags=["--parallel", "1"])
     environment = {**os.environ, "MPLBACKEND": "Agg", "NO_ALBUMENTATIONS_UPDATE": "1"}
     process = subprocess.Popen(
         [sys.executable, str(REPO / "scripts" / "sweep.py"), *command], stdout=subprocess.DEVNULL,
