@@ -288,9 +288,10 @@ def test_a_sweep_never_reuses_a_run_of_another_recipe(tmp_path, change, message)
     config = sweep_settings(tmp_path)
     (run,) = sweep.plan_runs(config)
     run.folder.mkdir(parents=True)
-    (run.folder / "recipe.json").write_text(json.dumps(sweep.run_fingerprint(run, config)))
+    digests = {"kvasir": "digest of its files"}  # the data's, as sweep.data_digests gives it
+    (run.folder / "recipe.json").write_text(json.dumps(sweep.run_fingerprint(run, config, digests)))
     (run.folder / "summary.json").write_text("{}")
-    sweep.refuse_foreign_runs([run], config)  # the same recipe, seed and flags: reused
+    sweep.refuse_foreign_runs([run], config, digests)  # the same recipe, seed, flags and data: reused
     if change == "recipe edited":
         run.recipe.write_text("EPOCHS = 2\n")
     elif change == "train flags":
@@ -300,7 +301,7 @@ def test_a_sweep_never_reuses_a_run_of_another_recipe(tmp_path, change, message)
     else:
         (run.folder / "recipe.json").write_text("{not json")
     with pytest.raises(UserError, match="another --sweep-dir, or delete that folder") as refused:
-        sweep.refuse_foreign_runs([run], config)
+        sweep.refuse_foreign_runs([run], config, digests)
     assert message in str(refused.value)
 
 
@@ -552,8 +553,8 @@ def test_a_run_still_going_from_a_killed_sweep_is_not_called_failed(tmp_path, ca
     (run,) = sweep.plan_runs(config)
     with lock_held_elsewhere(run.folder / "train.lock") as holder:
         assert lock_holder(run.folder / "train.lock") == str(holder)
-        assert sweep.advance(run, config, stopping=False) is False
-    assert run.status == "busy" and f"still training in process {holder}" in run.note
+        assert sweep.startable(run, config, {}) is False
+    assert run.status == "busy" and f"still going in process {holder}" in run.note
     assert f"kill {holder}" in capsys.readouterr().out
     assert lock_holder(run.folder / "train.lock") is None
 

@@ -1,5 +1,7 @@
-"""scripts/sweep.py: what each run still needs, the shared workers and threads, the ranking tables, and (slow) a real
-sweep of tiny recipes on the CPU: stopped by Ctrl-C, continued with a failing recipe, re-run, and scored on test."""
+"""scripts/sweep.py: what each run still needs, the shared workers and threads, what a run was trained with (its
+data too), the executors' settings and the SLURM job script submitit writes, a job's steps, the ranking tables, and
+(slow) real sweeps of tiny recipes on the CPU through submitit's local and debug executors: stopped by Ctrl-C,
+continued with a failing recipe, re-run, scored on test, and killed with kill -9 then continued."""
 
 import csv
 import json
@@ -8,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,20 +72,39 @@ def test_next_step_trains_resumes_then_scores_each_missing_evaluation(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("cpus", "parallel", "num_workers", "workers", "threads"),
-    [(16, 3, -1, 5, "5"), (16, 1, -1, 8, "16"), (2, 2, -1, 1, "1"), (16, 3, 2, 2, "5")],
-)
-def test_workers_and_threads_are_shared_among_the_parallel_runs(
-    monkeypatch, cpus, parallel, num_workers, workers, threads
+    ("executor", "cpus", "parallel", "num_workers", "workers", "threads"),
+    [
+        ("local", 16, 3, -1, 5, "5"), ("local", 16, 1, -1, 8, "16"), ("local", 2, 2, -1, 1, "1"),
+        ("local", 16, 3, 2, 2, "5"), ("debug", 16, 3, -1, 8, "16"), ("slurm", 2, 3, -1, 3, "4"),
+    ],
+)  # fmt: skip
+def test_workers_and_threads_are_shared_among_the_runs_at_once(
+    monkeypatch, executor, cpus, parallel, num_workers, workers, threads
 ):
     monkeypatch.setattr(sweep.os, "cpu_count", lambda: cpus)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    config = settings(PARALLEL=parallel, NUM_WORKERS=num_workers)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
+    config = settings(EXECUTOR=executor, PARALLEL=parallel, NUM_WORKERS=num_workers, SLURM_CPUS=4)
     assert sweep.workers_per_run(config) == workers
-    environment = sweep.child_environment(config)
+    environment = sweep.job_environment(config)
     assert environment["OMP_NUM_THREADS"] == threads and environment["PYTHONUNBUFFERED"] == "1"
+    # submitit's local executor empties CUDA_VISIBLE_DEVICES; SLURM sets the job's own
+    assert environment.get("CUDA_VISIBLE_DEVICES", "slurm's") == ("slurm's" if executor == "slurm" else "1,2")
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert sweep.child_environment(config)["OMP_NUM_THREADS"] == "3"  # the user's own setting wins
+    assert sweep.job_environment(config)["OMP_NUM_THREADS"] == "3"  # the user's own setting wins
+
+
+def test_local_runs_take_one_gpu_each_when_there_are_several(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert sweep.pinned_gpus(settings(PARALLEL=3)) == ["2", "5"]
+    assert sweep.job_environment(settings(PARALLEL=3), "5")["CUDA_VISIBLE_DEVICES"] == "5"
+    for changes in ({"PARALLEL": 1}, {"DEVICE": "cuda:1"}, {"DEVICE": "cpu"}, {"EXECUTOR": "slurm"}):
+        assert sweep.pinned_gpus(settings(**{"PARALLEL": 3, **changes})) == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert sweep.pinned_gpus(settings(PARALLEL=3)) == []  # one GPU: every run on it
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert sweep.job_environment(settings())["CUDA_VISIBLE_DEVICES"] is None  # unset in the job, as here
+    assert "CUDA_VISIBLE_DEVICES" not in sweep.merged_environment({"CUDA_VISIBLE_DEVICES": None, "A": "1"})
 
 
 @pytest.mark.parametrize(
@@ -91,11 +113,20 @@ def test_workers_and_threads_are_shared_among_the_parallel_runs(
         ("--epochs 5 --output-dir x", "TRAIN_FLAGS may not hold --output-dir: the sweep sets it for each run"),
         ("--seed=3", "TRAIN_FLAGS may not hold --seed=3"),
         ("--epochs '5", "cannot be split into flags: No closing quotation"),
+        ("--see 7", "TRAIN_FLAGS may not hold --see (argparse reads it as --seed)"),
+        ("--epochs 2 --no-t", "TRAIN_FLAGS may not hold --no-t (argparse reads it as --no-tensorboard)"),
+        ("--dev=cpu", "TRAIN_FLAGS may not hold --dev=cpu (argparse reads it as --device)"),
+        ("--fo 3", "TRAIN_FLAGS may not hold --fo (argparse reads it as --folds or --fold)"),
     ],
 )
 def test_train_flags_that_cannot_work_are_refused(text, message):
     with pytest.raises(UserError, match=re.escape(message)):
         sweep.train_flags(text)
+
+
+def test_train_flags_of_other_settings_pass():
+    flags = "--epochs 3 --resume-may-change --datasets kvasir --lr-x"
+    assert sweep.train_flags(flags) == flags.split()
 
 
 def test_missing_or_same_named_recipes_are_refused(tmp_path):
@@ -112,30 +143,196 @@ def test_missing_or_same_named_recipes_are_refused(tmp_path):
     assert [run.folder.name for run in runs] == ["a-seed1", "a-seed2"]
 
 
+def test_a_run_that_an_earlier_sweeps_job_still_holds_is_busy_and_not_submitted(tmp_path, capsys):
+    run = sweep.RecipeRun(Path("a.py"), 1, tmp_path / "a-seed1")
+    with sweep.exclusive_lock(run.folder / sweep.JOB_LOCK, "x"):  # a job of a sweep killed with kill -9
+        assert sweep.startable(run, settings(DATA_DIR="d"), {}) is False
+    assert run.status == "busy" and f"still going in process {os.getpid()}, which an earlier sweep" in run.note
+    assert "a seed 1: busy after" in capsys.readouterr().out
+    touch(run.folder / "summary.json", run.folder / "val_tta.json", run.folder / "val.json")
+    assert sweep.startable(run, settings(), {}) is False and run.status == "done"
+
+
 def test_the_last_line_of_a_log_skips_progress_bars_and_blanks(tmp_path):
     log = tmp_path / "run.log"
     log.write_text("$ train.py\nepoch 1/2:  50%|#  | 1/2\repoch 1/2: 100%\r   \rerror: EPOCHS must be at least 1.\n\n")
     assert sweep.last_line(log) == "error: EPOCHS must be at least 1."
 
 
-@pytest.mark.parametrize(
-    ("code", "stopping", "status", "note"),
-    [
-        ("import os, signal; print('epoch 3'); os.kill(os.getpid(), signal.SIGKILL)", False, "failed",
-         "training was killed by SIGKILL: epoch 3"),
-        ("print('error: boom'); raise SystemExit(2)", False, "failed", "training exited 2: error: boom"),
-        ("pass", False, "failed", "training exited 0: wrote no summary.json"),
-        ("raise SystemExit(130)", True, "stopped", "training stopped; run the sweep again to continue"),
-    ],
-    ids=["killed", "error", "no-output", "stopped"],
-)  # fmt: skip
-def test_a_step_that_ends_without_its_file_settles_the_run(tmp_path, capsys, code, stopping, status, note):
+def one_step_job(tmp_path, monkeypatch, code: str) -> tuple:
+    """A run whose one step is `python -c code` (training, to write summary.json), and its job's config."""
     run = sweep.RecipeRun(Path("a.py"), 1, tmp_path / "a-seed1")
-    sweep.start(run, sweep.Step("training", [sys.executable, "-c", code], run.folder / "summary.json"), settings())
-    run.process.wait()
-    assert sweep.step_ended(run, settings(), stopping) is False
-    assert (run.status, run.note) == (status, note)
-    assert f"a seed 1: {status} after" in capsys.readouterr().out
+    run.folder.mkdir(exist_ok=True)
+    command = [sys.executable, "-c", code]
+    steps = iter([sweep.Step("training", command, run.folder / "summary.json")])
+    monkeypatch.setattr(sweep, "next_step", lambda *_: next(steps, None))
+    return run, settings()
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "note"),
+    [
+        ("import os, signal; print('epoch 3'); os.kill(os.getpid(), signal.SIGKILL)", "failed",
+         "training was killed by SIGKILL: epoch 3"),
+        ("print('error: boom'); raise SystemExit(2)", "failed", "training exited 2: error: boom"),
+        ("pass", "failed", "training exited 0: wrote no summary.json"),
+        ("open('summary.json', 'w')", "done", ""),
+    ],
+    ids=["killed", "error", "no-output", "done"],
+)  # fmt: skip
+def test_a_job_settles_its_run_by_how_its_steps_ended(tmp_path, monkeypatch, code, status, note):
+    run, config = one_step_job(tmp_path, monkeypatch, f"import os; os.chdir({str(tmp_path / 'a-seed1')!r}); {code}")
+    outcome = sweep.run_job(run, config, {"PYTHONUNBUFFERED": "1"}, os.getpid())
+    assert outcome == {"status": status, "note": note}
+    assert f"$ {sys.executable} -c" in run.log.read_text()
+
+
+def test_a_job_passes_each_stop_request_on_once_and_stops_the_run(tmp_path, monkeypatch):
+    code = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, lambda *_: print('got SIGINT', flush=True) or sys.exit(130))\n"
+        "print('ready', flush=True)\ntime.sleep(60)"
+    )
+    run, config = one_step_job(tmp_path, monkeypatch, code)
+
+    def ask_to_stop():
+        wait_for(lambda: run.log.is_file() and "ready" in run.log.read_text(), "the step to start", timeout=30)
+        (run.folder / sweep.STOP_FILE).write_text("SIGINT\n")  # as the sweep writes it (Submitted.send_signal)
+
+    asker = threading.Thread(target=ask_to_stop)
+    asker.start()
+    outcome = sweep.run_job(run, config, {}, os.getpid())
+    asker.join()
+    assert outcome == {"status": "stopped", "note": "training stopped; run the sweep again to continue"}
+    assert run.log.read_text().count("got SIGINT") == 1
+    run, config = one_step_job(tmp_path, monkeypatch, code)
+    assert sweep.run_job(run, config, {}, os.getpid()) == {  # a stop request left: the next step never starts
+        "status": "stopped", "note": "training left; run the sweep again to continue",
+    }  # fmt: skip
+
+
+def test_a_job_whose_run_is_going_elsewhere_is_busy_and_a_folder_that_cannot_take_its_log_fails(tmp_path):
+    run = sweep.RecipeRun(Path("a.py"), 1, tmp_path / "a-seed1")
+    run.folder.mkdir()
+    with sweep.exclusive_lock(run.folder / sweep.JOB_LOCK, "x"):
+        outcome = sweep.run_job(run, settings(), {}, os.getpid())
+        assert outcome["status"] == "busy" and sweep.lock_holder(run.folder / sweep.JOB_LOCK) == str(os.getpid())
+    run.log.mkdir()  # run.log a folder: the log cannot be written
+    outcome = sweep.run_job(run, settings(), {}, os.getpid())
+    assert outcome["status"] == "failed" and str(run.log) in outcome["note"]
+
+
+# --- what a run was trained with -----------------------------------------------------------------------------------
+
+
+def test_a_run_trained_on_other_data_or_with_other_flags_is_refused(tmp_path):
+    recipe = tmp_path / "a.py"
+    recipe.write_text("EPOCHS = 1\n")
+    make_kvasir_folder(tmp_path / "data", 4)
+    config = settings(recipe_files=[str(recipe)], SWEEP_DIR=str(tmp_path / "sweep"), DATA_DIR=str(tmp_path / "data"))
+    (run,) = sweep.plan_runs(config)
+    digests = sweep.data_digests([run], config)
+    assert list(digests) == ["kvasir"] and sweep.fingerprint_mismatch(run, config, digests) is None  # nothing yet
+    run.folder.mkdir()
+    (run.folder / "summary.json").write_text("{}")
+    assert "no readable record" in sweep.fingerprint_mismatch(run, config, digests)
+    fingerprint = sweep.run_fingerprint(run, config, digests)
+    sweep.fingerprint_path(run).write_text(json.dumps(fingerprint))
+    assert sweep.fingerprint_mismatch(run, config, digests) is None
+    other = {**config, "DATA_DIR": str(tmp_path / "other")}
+    make_kvasir_folder(tmp_path / "other", 5)
+    with pytest.raises(UserError, match=r"a-seed42 was trained on other data than kvasir in this sweep's --data-dir"):
+        sweep.refuse_foreign_runs([run], other, sweep.data_digests([run], other))
+    image = next((tmp_path / "data" / "Kvasir-SEG" / "masks").iterdir())
+    image.write_bytes(image.read_bytes() + b"edited")  # an edited mask
+    assert "other data" in sweep.fingerprint_mismatch(run, config, sweep.data_digests([run], config))
+    sweep.fingerprint_path(run).write_text(json.dumps({**fingerprint, "data": None}))  # an older sweep's record
+    assert "predates data fingerprints" in sweep.fingerprint_mismatch(run, config, digests)
+    sweep.fingerprint_path(run).write_text(json.dumps({**fingerprint, "seed": 7}))
+    assert "and seed 7, not '' and seed 42" in sweep.fingerprint_mismatch(run, config, digests)
+
+
+def test_the_data_of_a_folder_dataset_is_its_images_masks_and_test_list(tmp_path):
+    make_kvasir_folder(tmp_path / "own", 4)
+    folder = tmp_path / "own" / "Kvasir-SEG"
+    spec = f"own={folder}"
+    recipe = tmp_path / "a.py"
+    recipe.write_text(f"DATASETS = [{spec!r}]\n")
+    run = sweep.RecipeRun(recipe, 1, tmp_path / "run")
+    assert sweep.run_datasets(run, settings()) == [spec] and not sweep.uses_kvasir(run, settings())
+    assert sweep.run_datasets(run, settings(TRAIN_FLAGS=["--datasets", "kvasir", "--epochs", "2"])) == ["kvasir"]
+    before = sweep.data_digest(spec, "unused")
+    (folder / "test.txt").write_text("1\n")
+    assert sweep.data_digest(spec, "unused") != before
+    with pytest.raises(UserError, match="is no folder"):
+        sweep.data_digest(f"own={tmp_path / 'missing'}:x", "unused")
+
+
+# --- the executors ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"EXECUTOR": "cloud"}, "EXECUTOR must be one of local, slurm, debug, not 'cloud'."),
+        ({"SLURM_TIME": 0}, "SLURM_TIME (minutes) and SLURM_CPUS must be at least 1, SLURM_GPUS at least 0."),
+        ({"SLURM_GPUS": -1}, "SLURM_GPUS at least 0"),
+        ({"EXECUTOR": "slurm"}, "EXECUTOR slurm needs SLURM's sbatch and srun, which are not on this machine's PATH"),
+    ],
+)
+def test_executor_settings_that_cannot_work_are_refused(monkeypatch, changes, message):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(UserError, match=re.escape(message)):
+        sweep.check_executor(settings(**changes))
+
+
+def test_a_jobs_dir_that_is_a_file_or_read_only_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # make_executor sets it; restored after
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="JOBS_DIR .*file is a file, not a folder"):
+        sweep.make_executor(settings(JOBS_DIR=str(tmp_path / "file")))
+    with pytest.raises(UserError, match=r"cannot write into /sys/jobs \(JOBS_DIR\): (Operation not permitted|Perm)"):
+        sweep.make_executor(settings(JOBS_DIR="/sys/jobs"))  # read-only, also for root
+
+
+def test_a_bad_executor_setting_is_one_line_of_error(tmp_path):
+    (tmp_path / "a.py").write_text("EPOCHS = 1\n")
+    result = run_script("sweep", tmp_path / "a.py", "--executor", "cloud", "--sweep-dir", tmp_path / "sweep")
+    assert (result.returncode, result.stderr) == (
+        2,
+        "error: EXECUTOR must be one of local, slurm, debug, not 'cloud'.\n",
+    )
+    result = run_script("sweep", tmp_path / "a.py", "--slurm-time", "a day")
+    assert result.returncode == 2 and "argument --slurm-time: invalid int value: 'a day'" in result.stderr
+
+
+def test_slurm_submission_writes_one_job_array_script(tmp_path, monkeypatch):
+    """Up to sbatch, with stand-ins for sbatch and srun (no cluster here): the job script submitit generates."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", "echo Submitted batch job 4242"), ("srun", "exit 0")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{text}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    config = settings(
+        EXECUTOR="slurm", SWEEP_DIR=str(tmp_path / "sweep"), PARALLEL=2, SLURM_PARTITION="gpu", SLURM_TIME=90,
+        SLURM_CPUS=6, SLURM_SETUP=["module load cuda", "source .venv/bin/activate"],
+    )  # fmt: skip
+    sweep.check_executor(config)
+    runs = [sweep.RecipeRun(Path("a.py"), seed, tmp_path / "sweep" / f"a-seed{seed}") for seed in (1, 2, 3)]
+    submitted = sweep.submit(sweep.make_executor(config), runs, [None] * 3, config)
+    assert [item.job.job_id for item in submitted] == ["4242_0", "4242_1", "4242_2"]
+    script = submitted[0].job.paths.submission_file.read_text()
+    folder = submitted[0].job.paths.folder
+    for line in (
+        "#SBATCH --array=0-2%2", "#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=1",
+        "#SBATCH --cpus-per-task=6", "#SBATCH --ntasks-per-node=1", "#SBATCH --job-name=sweep-sweep",
+        f"#SBATCH --output={folder}/%A_%a_0_log.out", "# setup\nmodule load cuda\nsource .venv/bin/activate\n",
+        f"srun --unbuffered --output {folder}/%A_%a_%t_log.out {sys.executable} -u -m submitit.core._submit {folder}",
+    ):  # fmt: skip
+        assert line in script, script
+    assert folder.parent == tmp_path / "sweep" / "jobs" and all(run.status == "running" for run in runs)
 
 
 def fake_run(tmp_path, recipe: str, seed: int, dice: float | None, status="done"):
@@ -180,6 +377,7 @@ def test_ranking_tables_rank_runs_and_recipe_means_by_val_dice_with_tta(tmp_path
     assert "| 1 | a | 2 | done | 2 | 0.8750 | 0.4375 | 0.7500 | 0.3750 | 0.6250 | 2.0 | 9.5 |  |" in markdown
     assert "|  | c | 1 | failed |  |  |  |  |  |  |  |  | training exited 2: error: x \\| y |" in markdown
     assert "| 1 | a | 2/2 | 1.5 | 0.6875 | 0.2652 | 0.3438 |" in markdown
+    assert "with TTA (8 views: flips and quarter turns, averaged) and without" in markdown
 
 
 def test_folds_give_one_run_per_recipe_seed_and_fold_in_the_folder_of_its_partition(tmp_path):
@@ -310,7 +508,8 @@ def test_ctrl_c_stops_the_running_runs_which_save_their_state(sweeps):
     assert "last.pth" in interrupted["files"][trained]
     statuses = {(row["recipe"], row["seed"]): (row["status"], row["note"]) for row in interrupted["ranking"]}
     for seed in ("42", "43"):  # the other run too, though maybe before its first epoch
-        assert statuses[("long", seed)] == ("stopped", "training stopped; run the sweep again to continue")
+        status, note = statuses[("long", seed)]  # the other run's job may not have started its step yet
+        assert status == "stopped" and re.fullmatch(r"training (stopped|left); run the sweep again to continue", note)
         assert "summary.json" not in interrupted["files"][seed]
     assert statuses[("short", "42")] == ("pending", "not started; run the sweep again to continue")
     assert "# Recipe ranking: 6 runs in" in interrupted["output"]  # the table of what finished, printed
@@ -379,3 +578,65 @@ def test_running_again_reuses_finished_runs_and_test_scores_only_with_the_flag(s
     mean = json.loads((tmp_path / "sweep" / "short-seed42" / "test_tta.json").read_text())["summary"]["mean"]
     assert (float(row["test_tta_dice"]), float(row["test_tta_iou"])) == (mean["dice"], mean["iou"])
     assert "test Dice TTA" in test.stdout and "never used to rank" in test.stdout
+
+
+def session_processes(session: int) -> list[int]:
+    """The processes of a session (the sweep's, started with start_new_session: its jobs and their steps too)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[3]) == session:  # after the state, ppid and pgrp
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory):
+    """A sweep of a 30-epoch recipe (saving every epoch) then a one-epoch one through the local executor, one run at
+    a time, killed with kill -9 with all its jobs and their steps as a crash would, once the long run has saved an
+    epoch; then run again to the end, and once more through the debug executor, with --test."""
+    tmp_path = tmp_path_factory.mktemp("crash")
+    make_kvasir_folder(tmp_path / "data", 12)
+    (tmp_path / "saving.py").write_text(RECIPES["long"] + "SAVE_EVERY = 0.0\n")
+    (tmp_path / "short.py").write_text(RECIPES["short"])
+    command = sweep_command(tmp_path, "saving", "short", seeds=["42"], flags=["--parallel", "1"])
+    environment = {**os.environ, "MPLBACKEND": "Agg", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "sweep.py"), *command], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True, env=environment,
+    )  # fmt: skip
+    log = tmp_path / "sweep" / "saving-seed42" / "run.log"
+    try:
+        wait_for(lambda: log.is_file() and len(EPOCH_LINE.findall(log.read_text())) >= 2, "two epoch lines")
+    finally:
+        for pid in session_processes(process.pid):
+            os.kill(pid, signal.SIGKILL)
+        process.wait()
+    killed_at = {"last.pth": (log.parent / "last.pth").is_file()}
+    rerun = run_script("sweep", *command)
+    killed_at["ranking"] = read_csv(tmp_path / "sweep" / "ranking.csv")
+    flags = ["--executor", "debug", "--test"]
+    return tmp_path, killed_at, rerun, run_script("sweep", *sweep_command(tmp_path, "short", seeds=["42"], flags=flags))
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_with_kill_9_is_completed_by_running_it_again(crashed):
+    tmp_path, killed_at, rerun, _ = crashed
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert killed_at["last.pth"] and "saving seed 42: resuming" in rerun.stdout
+    history = read_csv(tmp_path / "sweep" / "saving-seed42" / "history.csv")
+    assert [int(row["epoch"]) for row in history] == list(range(1, 31))  # the killed epochs trained again, once
+    assert [row["status"] for row in killed_at["ranking"]] == ["done", "done"]
+    assert len(list((tmp_path / "sweep" / "jobs").iterdir())) == 3  # a folder of submitit's files per sweep started
+
+
+@pytest.mark.slow
+def test_the_debug_executor_runs_the_jobs_in_the_sweeps_own_process(crashed):
+    tmp_path, _, _, debug = crashed
+    assert debug.returncode == 0, debug.stdout[-3000:] + debug.stderr[-3000:]
+    assert "short seed 42: scoring test_tta" in debug.stdout and "test Dice TTA" in debug.stdout
+    (row,) = read_csv(tmp_path / "sweep" / "ranking.csv")
+    assert row["status"] == "done" and row["test_tta_dice"] != ""
