@@ -1,8 +1,9 @@
 """A script's settings from its UPPER_CASE constants, recipe files and command-line flags, as nanoGPT's configurator.
 
 Every constant `SOME_NAME = value  # what it means` of a script becomes a flag `--some-name VALUE` parsed with the
-type of its default (booleans become `--flag/--no-flag`; lists take one or more values), with the comment as its
-help and the comment line above a block of constants as the block's heading in `--help`. A recipe file
+type of its default (booleans become `--flag/--no-flag`; lists take one or more values, and a list flag given twice
+takes the values of both; no flag may be abbreviated), with the comment as its help and the comment line above a
+block of constants as the block's heading in `--help`. A recipe file
 (`configs/NAME.py`) holds only such constants; given before the flags, it is applied first.
 """
 
@@ -80,6 +81,7 @@ def parse_settings(
         description=ast.get_docstring(ast.parse(source)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,  # `--see 7` must not quietly mean --seed 7: every flag is given whole
     )
     if recipes:
         parser.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe files (configs/*.py), applied first")
@@ -110,8 +112,8 @@ def flag_kind(default) -> dict:
     """argparse keywords for a flag whose default is `default`."""
     if isinstance(default, bool):
         return dict(action=argparse.BooleanOptionalAction)
-    if isinstance(default, list):
-        return dict(nargs="+", metavar="VALUE")
+    if isinstance(default, list):  # given twice, the values add up: --checkpoint a.pth --checkpoint b.pth is both
+        return dict(action="extend", nargs="+", metavar="VALUE")
     return dict(type=type(default), metavar=type(default).__name__.upper())
 
 

@@ -66,6 +66,16 @@ def use_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def inference_threads(threads: int, device_name: str) -> int:
+    """The CPU threads evaluate.py, predict.py and the notebook run on: THREADS when given; else, on a CPU, one,
+    said so (as for the quick training recipe: one thread is never far from the fastest, and several are many times
+    slower beside other busy processes); on a GPU, PyTorch's default (0)."""
+    if threads or device_name not in ("auto", "cpu") or (device_name == "auto" and torch.cuda.is_available()):
+        return threads
+    print("note: on the CPU with 1 thread (fastest on a busy machine); --threads N for more on an idle one")
+    return 1
+
+
 def synchronized_clock(device: torch.device) -> float:
     """time.perf_counter() once the device has finished its queued work, so that timings measure the work."""
     synchronize(device)

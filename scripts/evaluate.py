@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, model/, utils/ from anywhere
 
 from common.config import parse_settings, script_constants
-from common.device import describe_device, use_threads
+from common.device import describe_device, inference_threads, use_threads
 from common.errors import UserError, first_few, run_main
 from common.files import (
     WRITTEN_BY,
@@ -55,7 +55,7 @@ BATCH_SIZE = 0  # images per forward pass (and of the speed measurement); 0: 64 
 TTA = True  # average the probabilities of the image and its flips and quarter turns (TTA_VIEWS; chosen on validation)
 TTA_VIEWS = 8  # with TTA: 8 (every flip and quarter turn; chosen on validation) or 3 (the image and its 2 flips)
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
-THREADS = 0  # PyTorch CPU threads; 0 keeps the default (one per core). 1 is far faster on busy shared CPUs
+THREADS = 0  # PyTorch CPU threads; 0: one on a CPU (fastest on busy shared CPUs), PyTorch's default on a GPU
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 on GPUs without bf16); ignored on the CPU
 CSV = "outputs/evaluation/per_image.csv"  # one row per image: dataset, id, width, height, metrics, pixel counts
 JSON = ""  # when set, also write the summary as JSON to this path
@@ -305,6 +305,7 @@ def write_files(config: dict, rows: list[dict], report: dict) -> None:
 def main() -> None:
     config = parse_settings(script_constants(globals()), __file__).values
     claim_outputs(config)
+    config["THREADS"] = inference_threads(config["THREADS"], config["DEVICE"])
     use_threads(config["THREADS"])
     members = load_members(config["CHECKPOINT"])
     predictor = inference.predictor_from_settings(members, config)

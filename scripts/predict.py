@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, m
 from tqdm import tqdm
 
 from common.config import parse_settings, script_constants
-from common.device import describe_device, use_threads
+from common.device import describe_device, inference_threads, use_threads
 from common.errors import UserError, first_few, run_main
 from common.files import writable_folder
 from dataset.images import read_rgb, write_png
@@ -41,7 +41,7 @@ BATCH_SIZE = 0  # images per forward pass; 0: 64 on a GPU, 8 on the CPU
 TTA = True  # average the probabilities of the image and its flips and quarter turns (TTA_VIEWS), as evaluate.py
 TTA_VIEWS = 8  # with TTA: 8 (every flip and quarter turn; chosen on validation) or 3 (the image and its 2 flips)
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
-THREADS = 0  # CPU threads of PyTorch (and of ONNX Runtime with ONNX); 0: one per core. 1 is faster on busy shared CPUs
+THREADS = 0  # CPU threads of PyTorch (and of ONNX Runtime with ONNX); 0: one on a CPU (fastest on busy shared CPUs)
 MIXED_PRECISION = True  # bf16 autocast on CUDA (fp16 on GPUs without bf16); ignored on the CPU
 OVERWRITE = False  # replace the NAME_mask.png and NAME_overlay.png already in OUTPUT (an input is never replaced)
 
@@ -127,6 +127,7 @@ def main() -> None:
     inputs_flag = (("inputs",), dict(nargs="+", metavar="INPUT", help="image files and/or folders of images"))
     settings = parse_settings(script_constants(globals()), __file__, extra_flags=[inputs_flag])
     config = settings.values
+    config["THREADS"] = inference_threads(config["THREADS"], config["DEVICE"])
     use_threads(config["THREADS"])
     if {"CHECKPOINT", "ONNX"} <= settings.given:
         raise UserError("give --checkpoint or --onnx, not both.")

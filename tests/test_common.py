@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from common import device as device_module
+from common.config import parse_settings
 from common.device import seconds_per_call, use_threads
 from common.errors import UserError, first_few
 from common.files import write_json_atomic
@@ -51,3 +52,15 @@ def test_seconds_per_call_runs_the_warmup_then_at_least_the_timed_calls(monkeypa
 def test_worker_count_shares_the_cores_but_one(monkeypatch, cpus, requested, processes, at_least, workers):
     monkeypatch.setattr(loader.os, "cpu_count", lambda: cpus)
     assert worker_count(requested, processes, at_least=at_least) == workers
+
+
+def test_a_list_flag_given_twice_takes_both_and_no_flag_is_abbreviated(tmp_path, capsys):
+    script = tmp_path / "script.py"
+    script.write_text('"""A script."""\nCHECKPOINT = ["a.pth"]  # models\nSEED = 42  # the seed\n')
+    defaults = {"CHECKPOINT": ["a.pth"], "SEED": 42}
+    values = parse_settings(defaults, script, ["--checkpoint", "b.pth", "--checkpoint", "c.pth", "d.pth"]).values
+    assert values["CHECKPOINT"] == ["b.pth", "c.pth", "d.pth"]
+    assert parse_settings(defaults, script, []).values["CHECKPOINT"] == ["a.pth"]
+    with pytest.raises(SystemExit):
+        parse_settings(defaults, script, ["--see", "7"])
+    assert "unrecognized arguments: --see 7" in capsys.readouterr().err
