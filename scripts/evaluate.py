@@ -259,13 +259,13 @@ def summary_table(dataset: dict) -> list[str]:
             f"{len(copies)} of the {dataset['summary']['images']} images are the same frame as a training image"
             f" ({first_few(sorted(copies))}); the right-hand columns leave them out"
         )
-    lines.append(f"{'':<32}" + "".join(f"{title:>24}" for title, _ in columns))
-    lines.append(f"{'metric':<32}" + f"{'mean':>16}{'std':>8}" * len(columns))
+    lines.append(f"{'':<32}" + "".join(f"{title:>28}" for title, _ in columns))
+    lines.append(f"{'metric':<32}" + f"{'mean':>20}{'std':>8}" * len(columns))
     for name in METRICS:
-        cells = [f"{s['mean'][name]:>16.4f}{s['std'][name]:>8.4f}" if s else f"{'-':>24}" for _, s in columns]
+        cells = [f"{s['mean'][name]:>20.4f}{s['std'][name]:>8.4f}" if s else f"{'-':>28}" for _, s in columns]
         lines.append(f"{METRIC_LABELS[name] + ' (per image)':<32}" + "".join(cells))
     for name in GLOBAL_METRICS:
-        cells = [f"{s['global'][name]:>16.4f}{'':>8}" if s else f"{'-':>24}" for _, s in columns]
+        cells = [f"{s['global'][name]:>20.4f}{'':>8}" if s else f"{'-':>28}" for _, s in columns]
         lines.append(f"{METRIC_LABELS[name] + ' (global, pixels pooled)':<32}" + "".join(cells))
     return lines
 
