@@ -25,6 +25,7 @@ from dataset.sources import (
 )
 from dataset.splits import Split, official_split
 from dataset.synthetic import make_kvasir_folder
+from tests.scripts import run_script
 from tests.train_runs import train
 
 FRAME_SIZE = ((160, 128),)  # large enough for keypoints at many places, small enough to be quick
@@ -327,3 +328,35 @@ def test_copies_of_test_images_train_unless_leave_out_copies_says_so(tmp_path):
     checkpoint = torch.load(tmp_path / "left" / "best.pth", weights_only=True)
     assert "own/copy" not in checkpoint["split"]["train"] + checkpoint["split"]["val"]
     assert checkpoint["left_out"] == ["own/copy"]
+
+
+# --- scripts/find_copies.py ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_find_copies_prints_the_pairs_draws_each_and_writes_the_groups(frames, tmp_path):
+    add_copy(frames, "copy", "re-cropped")
+    output, groups = tmp_path / "pictures", tmp_path / "groups" / "copies.txt"
+    spec = f"mine={frames}"
+    result = run_script(
+        "find_copies", "--datasets", spec, "--data-dir", tmp_path / "data", "--output", output, "--groups", groups
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 copy pair(s) among 13 images, in 1 group(s)" in result.stdout
+    assert "mine/copy  mine/sample_003" in result.stdout
+    (picture,) = output.iterdir()
+    assert picture.name == "mine_copy__mine_sample_003.png" and cv2.imread(str(picture)).shape[1] > 2 * 100
+    assert copies.read_groups(groups) == [["mine/copy", "mine/sample_003"]]
+    assert f"--datasets {spec}" in groups.read_text().splitlines()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["output-file", "groups-folder"])
+def test_find_copies_refuses_unwritable_outputs_before_any_work(frames, tmp_path, where):
+    (tmp_path / "blocker").write_text("a file")
+    flags = ["--output", tmp_path / "blocker"] if where == "output-file" else ["--groups", tmp_path]
+    result = run_script("find_copies", "--datasets", f"mine={frames}", "--data-dir", tmp_path / "data", *flags)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert ("is a file, not a folder" if where == "output-file" else "is a folder; give the path of a file") in (
+        result.stderr
+    )
