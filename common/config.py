@@ -29,7 +29,7 @@ def flag_name(constant: str) -> str:
 
 def script_constants(namespace: dict) -> dict:
     """A script's settings: the UPPER_CASE names of `namespace` (its globals()) bound to plain values or lists by the
-    script's own top-level assignments. An imported name (`from utils.inference import THRESHOLD`) is never one, nor
+    script's own top-level assignments. An imported name (`from utils.metrics import THRESHOLD`) is never one, nor
     are tuples and dicts, so only what the script defines, and reads, becomes a flag.
     """
     defined = assigned_names(Path(namespace["__file__"]).read_text())

@@ -36,7 +36,14 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.config import flag_name, parse_settings, script_constants
-from common.device import autocast_dtype, configure_fast_path, describe_device, resolve_device, seconds_per_call
+from common.device import (
+    autocast,
+    autocast_dtype,
+    configure_fast_path,
+    describe_device,
+    resolve_device,
+    seconds_per_call,
+)
 from common.errors import UserError, run_main
 from common.files import write_json_atomic
 from dataset import kvasir, synthetic, transforms
@@ -47,7 +54,7 @@ from model import build_unet
 from model.unet import smallest_input
 from utils.inference import Predictor
 from utils.losses import bce_dice_loss
-from utils.training import COMPILE_MODES, compile_model, make_optimizer, make_scaler, training_step
+from utils.training import COMPILE_MODES, compile_model, make_optimizer, make_scaler
 
 DATA_DIR = "data"  # the real Kvasir-SEG (folder or zip, as scripts/train.py leaves it), used when SYNTHETIC is 0
 SYNTHETIC = 0  # N > 0: time on N generated Kvasir-sized images in a temporary folder instead
@@ -135,12 +142,15 @@ def time_training(model, batches, steps_per_epoch: int, config: dict, device, am
     scaler = make_scaler(device, amp_dtype)
     non_blocking = fast and device.type == "cuda"
 
-    def step():
+    def step():  # scripts/train.py's step, without its options
         images, masks = next(batches)
         images = images.to(device, non_blocking=non_blocking, memory_format=memory_format)
-        training_step(
-            model, images, masks.to(device, non_blocking=non_blocking), bce_dice_loss, optimizer, scaler, amp_dtype
-        )
+        with autocast(device, amp_dtype):
+            outputs = model(images)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(bce_dice_loss(outputs, masks.to(device, non_blocking=non_blocking))).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     return seconds_per_call(step, device, steps_per_epoch, calls=config["TIMED_EPOCHS"] * steps_per_epoch)
 

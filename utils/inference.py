@@ -17,8 +17,8 @@ from common.device import autocast, autocast_dtype, configure_fast_path, resolve
 from common.errors import UserError
 from common.optional import import_optional
 from model.checkpoint import Member, describe_bad_preprocessing, load_checkpoint, load_members, model_from_checkpoint
+from utils.metrics import THRESHOLD
 
-THRESHOLD = 0.5  # a pixel is polyp when its probability exceeds this, unless the checkpoint chose another threshold
 # Test-time augmentation views, each (quarter turns, mirrored first) of an [N, C, H, W] batch: 3 views are the image
 # and its horizontal and vertical flips (a vertical flip is a mirror turned by half a turn); 8 are all the flips and
 # 90-degree rotations of a square (the dihedral group).

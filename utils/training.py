@@ -1,5 +1,5 @@
-"""The training step shared by scripts/train.py and scripts/benchmark.py, with its optimizer, loss scaler,
-learning-rate schedule, compilation and multi-scale resizing, and the estimates of how long a run takes."""
+"""What scripts/train.py's step uses besides the network and the loss: the optimizer, loss scaler, learning-rate
+schedule, compilation and multi-scale resizing; and the estimates of how much memory and time a run takes."""
 
 import copy
 import math
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.device import autocast, free_memory_bytes, synchronized_clock
+from common.device import free_memory_bytes, synchronized_clock
 from common.errors import UserError
 
 OPTIMIZERS = ("adam", "adamw")
@@ -49,25 +49,6 @@ def make_scaler(device: torch.device, amp_dtype: torch.dtype | None) -> torch.am
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     """`model` compiled with torch.compile in `mode` (sharing its weights), or `model` itself when mode is off."""
     return model if mode == "off" else torch.compile(model, mode=None if mode == "default" else mode)
-
-
-def training_step(model, images, masks, loss_fn, optimizer, scaler, amp_dtype, grad_clip: float = 0.0):
-    """One forward, backward and optimizer step; returns the detached loss without waiting for the GPU.
-
-    With `grad_clip` > 0 the gradients' global norm is clipped to it first (on the unscaled gradients).
-    """
-    with autocast(images.device, amp_dtype):
-        outputs = model(images)
-    loss = loss_fn(outputs, masks)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip:
-        scaler.unscale_(optimizer)
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(parameters, grad_clip, foreach=True)
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach()
 
 
 def least_step_bytes(batch_size: int, image_size: int, base_channels: int) -> int:
