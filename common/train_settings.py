@@ -11,7 +11,7 @@ from common.errors import UserError
 from common.run_folder import check_resumed_checkpoint_path
 from dataset.sources import parse_source
 from dataset.splits import check_folds
-from model.unet import check_unet_size, smallest_input
+from model.networks import check_network, network_kwargs
 from utils.tensorboard_log import require_tensorboard
 from utils.training_state import load_training_state
 
@@ -83,11 +83,6 @@ def check_settings(config: dict, choices: dict) -> None:
             "BCE_WEIGHT and DICE_WEIGHT must be finite, >= 0 and not both 0",
         ),
         (0 < config["VAL_FRACTION"] < 1, "VAL_FRACTION must be between 0 and 1 (exclusive)"),
-        (config["DEPTH"] >= 1 and config["BASE_CHANNELS"] >= 1, "DEPTH and BASE_CHANNELS must be at least 1"),
-        (
-            config["IMAGE_SIZE"] >= smallest_input(config["DEPTH"]),
-            f"IMAGE_SIZE must be at least {smallest_input(config['DEPTH'])} for a U-Net of DEPTH {config['DEPTH']}",
-        ),
         *[
             (config[name] in allowed, f"{name} must be one of {', '.join(allowed)}")
             for name, allowed in choices.items()
@@ -108,7 +103,7 @@ def check_settings(config: dict, choices: dict) -> None:
     for ok, message in rules:
         if not ok:
             raise UserError(f"{message}.")
-    check_unet_size(config["BASE_CHANNELS"], config["DEPTH"])
+    check_network(config["MODEL"], network_kwargs(config["MODEL"], config), config["IMAGE_SIZE"])
     check_folds(config["FOLDS"], config["FOLD"])
     if config["TENSORBOARD"]:
         require_tensorboard()

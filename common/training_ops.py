@@ -39,6 +39,7 @@ from utils.training import (
     format_duration,
     gpu_sized_on_a_cpu,
     learning_rate_stride,
+    parameter_count,
     probed_seconds,
 )
 from utils.training_state import (
@@ -89,13 +90,6 @@ def start_run(config: dict, example: str) -> Run:
         check_output_paths(output_dir, checkpoint_path, example=example)
         if config["TENSORBOARD"]:
             writable_folder(events_folder(output_dir), "OUTPUT_DIR's TensorBoard folder")
-    check_step_memory(config, device, processes.world_size)
-    if gpu_sized_on_a_cpu(device, config["IMAGE_SIZE"], config["BASE_CHANNELS"]):
-        print(
-            f"note: this is the full GPU-sized recipe ({config['IMAGE_SIZE']} px, base width {config['BASE_CHANNELS']},"
-            f" {config['EPOCHS']} epochs) on a CPU, where it takes a day or more (an estimate follows once the data is"
-            " ready). For a run of minutes: python scripts/train.py configs/cpu_quick.py"
-        )
     return Run(config, device, amp_dtype, configure_fast_path(device), processes, output_dir, checkpoint_path)
 
 
@@ -113,12 +107,25 @@ def held_outputs(run: Run, resuming: bool, defaults: dict):
     )  # fmt: skip
 
 
+def check_fits(run: Run, network: torch.nn.Module) -> None:
+    """Before any data: refuse a step that cannot fit in the device's memory, and say so of a GPU-sized run on a
+    CPU."""
+    config = run.config
+    check_step_memory(network, config, run.device, run.processes.world_size)
+    if gpu_sized_on_a_cpu(run.device, config["IMAGE_SIZE"], network):
+        size = f"{config['IMAGE_SIZE']} px, {parameter_count(network) / 1e6:.2f} M parameters"
+        print(
+            f"note: this is the full GPU-sized recipe ({size}, {config['EPOCHS']} epochs) on a CPU, where it takes a"
+            " day or more (an estimate follows once the data is ready). For a run of minutes:"
+            " python scripts/train.py configs/cpu_quick.py"
+        )
+
+
 def announce_training(run: Run, training: Training, total_steps: int) -> None:
     """Print the network's size and the run's steps, and for a GPU-sized run on a CPU its probed training time."""
     config = run.config
-    parameters = sum(p.numel() for p in training.network.parameters())
-    print(f"training {parameters / 1e6:.2f} M parameters for {total_steps} steps")
-    if gpu_sized_on_a_cpu(run.device, config["IMAGE_SIZE"], config["BASE_CHANNELS"]):
+    print(f"training {parameter_count(training.network) / 1e6:.2f} M parameters for {total_steps} steps")
+    if gpu_sized_on_a_cpu(run.device, config["IMAGE_SIZE"], training.network):
         seconds = probed_seconds(training.trained, config["IMAGE_SIZE"], config["BATCH_SIZE"], total_steps)
         print(f"estimated time on this CPU: {format_duration(seconds)} (from one step of two images)")
 

@@ -25,11 +25,11 @@ from common.device import autocast
 from common.distributed import data_parallel
 from common.errors import run_main
 from common.train_settings import read_settings
-from common.training_ops import announce_training, finish, held_outputs, operations, start_run
+from common.training_ops import announce_training, check_fits, finish, held_outputs, operations, start_run
 from dataset import kvasir, transforms
 from dataset.sources import DataRecord
 from dataset.training_data import prepare_data
-from model import build_unet, model_checkpoint, save_checkpoint
+from model import NETWORKS, build_network, model_checkpoint, network_kwargs, save_checkpoint
 from model.unet import DeepSupervision
 from utils.losses import LOSSES, deeply_supervised, make_loss
 from utils.training import (
@@ -59,8 +59,11 @@ AUGMENTATION = "strong"  # random changes to each training image (see dataset/tr
 CACHE = True  # decode and resize each image once into DATA_DIR/cache (memory-mapped afterwards)
 NUM_WORKERS = -1  # DataLoader worker processes; -1 picks min(8, CPU count - 1)
 # Model
-BASE_CHANNELS = 64  # width of the first U-Net level; doubles at each of DEPTH levels
-DEPTH = 4  # number of down-sampling steps
+MODEL = "unet"  # the network (model/networks.py): unet; with requirements-smp.txt smp_unet, smp_fpn, ...
+BASE_CHANNELS = 64  # unet: width of the first level; doubles at each of DEPTH levels
+DEPTH = 4  # unet: number of down-sampling steps
+ENCODER = "resnet34"  # smp_*: the encoder, any of segmentation_models_pytorch's
+ENCODER_WEIGHTS = "none"  # smp_*: the encoder's starting weights: none (from scratch), imagenet (downloaded) or a file
 # Optimisation (the best recipe measured, see README "Results"; configs/seed.py is the original one)
 EPOCHS = 100  # passes over the training images
 BATCH_SIZE = 16  # images per training step
@@ -96,6 +99,7 @@ RESUME = False  # continue the run saved in OUTPUT_DIR/last.pth, with its recipe
 OVERWRITE = False  # start a new run even where OUTPUT_DIR or CHECKPOINT_PATH hold an earlier run's files
 
 CHOICES = {
+    "MODEL": tuple(NETWORKS),
     "AUGMENTATION": transforms.AUGMENTATIONS,
     "LOSS": LOSSES,
     "OPTIMIZER": OPTIMIZERS,
@@ -126,10 +130,9 @@ def main() -> int:
         # 3. The network, seeded; with DEEP_SUPERVISION trained with auxiliary heads, with EMA_DECAY validated as
         # a moving average of its weights (BatchNorm statistics averaged too)
         torch.manual_seed(config["SEED"])
-        network = build_unet(config["BASE_CHANNELS"], config["DEPTH"])
-        trained = (
-            DeepSupervision(network, levels=min(2, config["DEPTH"] - 1)) if config["DEEP_SUPERVISION"] else network
-        )
+        network = build_network(config["MODEL"], network_kwargs(config["MODEL"], config), config["IMAGE_SIZE"])
+        check_fits(run, network)
+        trained = DeepSupervision(network) if config["DEEP_SUPERVISION"] else network
         if run.processes.distributed and device.type == "cuda":  # one BatchNorm over the processes' slices
             trained = torch.nn.SyncBatchNorm.convert_sync_batchnorm(trained)  # swaps the layers inside `network` too
         trained.to(device, memory_format=memory_format)

@@ -1,4 +1,5 @@
-"""U-Net shapes for many input sizes, and checkpoints that rebuild the model or fail clearly."""
+"""U-Net shapes for many input sizes, the network table (MODEL), and checkpoints that rebuild the model or fail
+clearly."""
 
 import argparse
 import re
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from common.errors import UserError
-from model import UNet, load_checkpoint, load_model, save_checkpoint
+from model import NETWORKS, UNet, build_network, load_checkpoint, load_model, save_checkpoint
+from model.unet import DeepSupervision
 from utils.inference import Predictor
 
 
@@ -30,9 +32,9 @@ def test_widths_follow_base_channels():
 
 def test_load_model_rebuilds_the_same_network(tmp_path):
     torch.manual_seed(0)
-    model = UNet(3, 1, base_channels=4, depth=2).eval()
+    model = build_network("unet", {"base_channels": 4, "depth": 2}).eval()
     path = tmp_path / "model.pth"
-    save_checkpoint(path, {"model_state": model.state_dict(), "model_config": model.config})
+    save_checkpoint(path, {"model_state": model.state_dict(), "builder": model.builder})
     loaded = load_model(path)
     x = torch.randn(1, 3, 20, 20)
     with torch.no_grad():
@@ -64,14 +66,15 @@ def test_checkpoint_errors_are_clear(tmp_path):
     ],
 )
 def test_checkpoint_of_another_architecture_says_which(tmp_path, change, message):
-    small = UNet(3, 1, base_channels=4, depth=2)
-    torch.save({"model_state": small.state_dict(), "model_config": {**small.config, **change}}, tmp_path / "x.pth")
-    with pytest.raises(UserError, match=f"x.pth's weights do not fit UNet.*{message}"):
+    small = build_network("unet", {"base_channels": 4, "depth": 2})
+    builder = {"name": "unet", "kwargs": {**small.builder["kwargs"], **change}}
+    torch.save({"model_state": small.state_dict(), "builder": builder}, tmp_path / "x.pth")
+    with pytest.raises(UserError, match=f"x.pth's weights do not fit MODEL unet.*{message}"):
         load_model(tmp_path / "x.pth")
 
 
 def test_checkpoints_load_without_unpickling_objects(tmp_path):
-    torch.save({"model_state": {}, "model_config": {}, "extra": argparse.Namespace()}, tmp_path / "pickled.pth")
+    torch.save({"model_state": {}, "builder": {}, "extra": argparse.Namespace()}, tmp_path / "pickled.pth")
     with pytest.raises(UserError, match="holds Python objects besides tensors") as error:
         load_checkpoint(tmp_path / "pickled.pth")
     assert "weights_only" not in str(error.value) and "trust" not in str(error.value)  # no advice to run its code
@@ -80,17 +83,17 @@ def test_checkpoints_load_without_unpickling_objects(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"model_config": {"in_channels": 3, "out_channels": 1, "base_channels": 4, "depth": 2, "extra": 1}},
-         "malformed model_config (keys"),
-        ({"model_config": {"in_channels": 3, "out_channels": 1, "base_channels": "4", "depth": 2}},
-         "malformed model_config (base_channels is '4', not a positive whole number)"),
+        ({"builder": {"name": "unet", "kwargs": {"base_channels": 4, "depth": 2, "extra": 1}}},
+         "malformed builder (build_unet() got an unexpected keyword argument 'extra')"),
+        ({"builder": {"name": "vgg", "kwargs": {}}}, "malformed builder (name 'vgg' is not one of unet"),
+        ({"builder": {"name": "unet", "kwargs": [4, 2]}}, "malformed builder (kwargs is a list, not a dict)"),
         ({"preprocessing": {"image_size": 0, "mean": [0.5] * 3, "std": [0.25] * 3}}, "(image_size is 0)"),
         ({"preprocessing": {"image_size": 32, "mean": [0.5] * 3, "std": [0.25, 0, 0.25]}}, "(std holds a 0)"),
     ],
 )  # fmt: skip
 def test_malformed_checkpoints_are_refused_naming_the_file(tmp_path, change, message):
-    model = UNet(3, 1, base_channels=4, depth=2)
-    checkpoint = {"model_state": model.state_dict(), "model_config": model.config}
+    model = build_network("unet", {"base_channels": 4, "depth": 2})
+    checkpoint = {"model_state": model.state_dict(), "builder": model.builder}
     checkpoint["preprocessing"] = {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
     torch.save({**checkpoint, **change}, tmp_path / "bad.pth")
     with pytest.raises(UserError, match=re.escape(message)) as error:
@@ -100,7 +103,7 @@ def test_malformed_checkpoints_are_refused_naming_the_file(tmp_path, change, mes
 
 def test_a_full_disk_while_saving_keeps_the_old_checkpoint_and_says_so(tmp_path, full_disk):
     path = tmp_path / "model.pth"
-    save_checkpoint(path, {"model_state": {}, "model_config": {}})
+    save_checkpoint(path, {"model_state": {}, "builder": {}})
     before = path.read_bytes()
     code = textwrap.dedent(f"""
         import torch
@@ -115,3 +118,59 @@ def test_a_full_disk_while_saving_keeps_the_old_checkpoint_and_says_so(tmp_path,
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith(f"no space left on device while writing {path}")
     assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_checkpoint_of_an_older_version_is_refused_in_one_line(tmp_path):
+    torch.save({"model_state": {}, "model_config": {"base_channels": 4, "depth": 2}}, tmp_path / "old.pth")
+    with pytest.raises(UserError, match="older version of this repository .* train it again"):
+        load_checkpoint(tmp_path / "old.pth")
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_every_network_of_the_table_takes_its_smallest_input_and_says_what_rebuilds_it(name):
+    torch.manual_seed(0)
+    network = build_network(name, {"encoder": "resnet18"} if name.startswith("smp_") else {"base_channels": 4})
+    side = network.smallest_input
+    assert side % network.size_multiple == 0
+    with torch.no_grad():
+        assert network.eval()(torch.zeros(1, 3, side, side)).shape == (1, 1, side, side)
+    assert network.builder["name"] == name
+    assert build_network(**network.builder).state_dict().keys() == network.state_dict().keys()
+
+
+def test_a_network_too_small_for_the_image_size_names_the_setting():
+    with pytest.raises(UserError, match=r"IMAGE_SIZE must be at least 64, a multiple of 32 for MODEL smp_unet"):
+        build_network("smp_unet", {"encoder": "resnet18"}, image_size=96 + 1)
+
+
+def test_deep_supervision_asks_the_network_for_its_decoder_levels():
+    unet = build_network("unet", {"base_channels": 4, "depth": 3})
+    outputs, auxiliary = DeepSupervision(unet)(torch.zeros(2, 3, 16, 16))
+    assert outputs.shape == (2, 1, 16, 16) and [a.shape for a in auxiliary] == [(2, 1, 16, 16)] * 2
+    with pytest.raises(UserError, match="DEEP_SUPERVISION needs a network that shows its decoder levels"):
+        DeepSupervision(build_network("smp_unet", {"encoder": "resnet18"}))
+
+
+def test_smp_encoder_weights_from_a_local_file_are_loaded_and_not_stored(tmp_path):
+    torch.manual_seed(0)
+    source = build_network("smp_unet", {"encoder": "resnet18"})
+    for value in source.encoder.state_dict().values():
+        if value.is_floating_point():
+            value.uniform_()  # weights no fresh network starts from
+    torch.save(source.encoder.state_dict(), tmp_path / "encoder.pth")
+    network = build_network("smp_unet", {"encoder": "resnet18", "encoder_weights": str(tmp_path / "encoder.pth")})
+    for key, value in source.encoder.state_dict().items():
+        assert torch.equal(network.encoder.state_dict()[key], value)
+    assert network.builder == {"name": "smp_unet", "kwargs": {"encoder": "resnet18"}}  # the file is not needed again
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [("missing.pth", "is neither none, imagenet nor a file"), ("other.pth", "does not hold this encoder's weights")],
+)
+def test_bad_smp_encoder_weights_are_one_line(tmp_path, weights, message):
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match=message):
+        build_network("smp_unet", {"encoder": "resnet18", "encoder_weights": str(tmp_path / weights)})
+    with pytest.raises(UserError, match="ENCODER 'vgg1' is not an encoder of segmentation_models_pytorch"):
+        build_network("smp_unet", {"encoder": "vgg1"})

@@ -496,8 +496,8 @@ def export_fixed(tmp_path, batch: int | None, side: int = 32) -> Path:
     )  # fmt: skip
     proto = onnx.load(path)
     preprocessing = {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "threshold": 0.5}
-    config = {"in_channels": 3, "out_channels": 1, "base_channels": 4, "depth": 2}
-    for key, value in (("preprocessing", preprocessing), ("model_config", config)):
+    builder = {"name": "unet", "kwargs": {"base_channels": 4, "depth": 2}}
+    for key, value in (("preprocessing", preprocessing), ("builder", builder)):
         proto.metadata_props.add(key=key, value=json.dumps(value))
     onnx.save(proto, path)
     return path

@@ -282,10 +282,10 @@ def onnx_metadata(session, path) -> dict:
     """The JSON values of an exported model's metadata_props, refusing a model that scripts/export.py did not write."""
     metadata = session.get_modelmeta().custom_metadata_map
     try:
-        return {key: json.loads(metadata[key]) for key in ("preprocessing", "model_config")}
+        return {key: json.loads(metadata[key]) for key in ("preprocessing", "builder")}
     except (KeyError, json.JSONDecodeError):
         raise UserError(
-            f"{path} has no preprocessing and model_config metadata; export it with scripts/export.py."
+            f"{path} has no preprocessing and builder metadata; export it with scripts/export.py."
         ) from None
 
 

@@ -51,17 +51,17 @@ def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     return model if mode == "off" else torch.compile(model, mode=None if mode == "default" else mode)
 
 
-def least_step_bytes(batch_size: int, image_size: int, base_channels: int) -> int:
+def least_step_bytes(batch_size: int, image_size: int, parameters: int) -> int:
     """A lower bound of the memory of one training step, far below the real need: the float32 input and mask, and
-    the first U-Net level's activations kept for the backward pass (two convolutions, each with its batch norm and
-    ReLU: four maps of base_channels channels at full size)."""
-    return batch_size * image_size**2 * 4 * (3 + 1 + 4 * base_channels)
+    the network's float32 weights, gradients and AdamW's two moments."""
+    return batch_size * image_size**2 * 4 * (3 + 1) + 4 * 4 * parameters
 
 
-def check_step_memory(config: dict, device: torch.device, processes: int) -> None:
+def check_step_memory(network: torch.nn.Module, config: dict, device: torch.device, processes: int) -> None:
     """Refuse, before any data is read or cached, an IMAGE_SIZE and BATCH_SIZE (shared among `processes`) whose
-    training step could not fit in the device's free memory even by a lower bound of its need (least_step_bytes)."""
-    need = least_step_bytes(config["BATCH_SIZE"] // processes, config["IMAGE_SIZE"], config["BASE_CHANNELS"])
+    training step of `network` could not fit in the device's free memory even by a lower bound of its need
+    (least_step_bytes)."""
+    need = least_step_bytes(config["BATCH_SIZE"] // processes, config["IMAGE_SIZE"], parameter_count(network))
     free = free_memory_bytes(device)
     if free is not None and need > free:
         raise UserError(
@@ -69,6 +69,11 @@ def check_step_memory(config: dict, device: torch.device, processes: int) -> Non
             f" {need / 2**30:.1f} GiB for one training step, and {device} has {free / 2**30:.1f} GiB free; lower"
             " --image-size or --batch-size."
         )
+
+
+def parameter_count(network: torch.nn.Module) -> int:
+    """How many numbers the network learns."""
+    return sum(parameter.numel() for parameter in network.parameters())
 
 
 def multi_scale_size(image_size: int, seed: int, step: int, multiple: int = 32) -> int:
@@ -176,9 +181,12 @@ class TimeEstimate:
         return synchronized_clock(self.device) if synchronized else time.perf_counter()
 
 
-def gpu_sized_on_a_cpu(device: torch.device, image_size: int, base_channels: int) -> bool:
-    """True for a GPU-sized run (the default image size and width, or larger) on a CPU: days of training."""
-    return device.type == "cpu" and image_size**2 * base_channels >= 256**2 * 64
+GPU_SIZED = 256**2 * 31_000_000  # image side squared times parameters of the default U-Net (256 px, 31 M)
+
+
+def gpu_sized_on_a_cpu(device: torch.device, image_size: int, network: torch.nn.Module) -> bool:
+    """True for a GPU-sized run (the default U-Net at the default image size, or larger) on a CPU: days of training."""
+    return device.type == "cpu" and image_size**2 * parameter_count(network) >= GPU_SIZED
 
 
 def probed_seconds(module: torch.nn.Module, image_size: int, batch_size: int, steps: int) -> float:
