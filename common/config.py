@@ -8,6 +8,7 @@ help and the comment line above a block of constants as the block's heading in `
 
 import argparse
 import ast
+import inspect
 import io
 import tokenize
 from dataclasses import dataclass
@@ -38,6 +39,14 @@ def script_constants(namespace: dict) -> dict:
         for name, value in namespace.items()
         if name in defined and name.isupper() and isinstance(value, SETTING_TYPES)
     }
+
+
+def keyword_settings(function, config: dict) -> dict:
+    """The keyword arguments of `function` (a builder of a table: a loss, a network) that are settings, each taken
+    from the setting of its name in upper case (`bce_weight` is BCE_WEIGHT), so a builder's parameters are settings
+    by naming them."""
+    parameters = inspect.signature(function).parameters
+    return {name: config[name.upper()] for name in parameters if name.upper() in config}
 
 
 def assigned_names(source: str) -> set[str]:

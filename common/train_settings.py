@@ -6,12 +6,13 @@ import math
 import secrets
 from pathlib import Path
 
-from common.config import Settings, flag_name, parse_settings
+from common.config import Settings, flag_name, keyword_settings, parse_settings
 from common.errors import UserError
 from common.run_folder import check_resumed_checkpoint_path
 from dataset.sources import parse_source
 from dataset.splits import check_folds
 from model.networks import check_network, network_kwargs
+from utils.losses import LOSSES
 from utils.tensorboard_log import require_tensorboard
 from utils.training_state import load_training_state
 
@@ -103,6 +104,9 @@ def check_settings(config: dict, choices: dict) -> None:
     for ok, message in rules:
         if not ok:
             raise UserError(f"{message}.")
+    loss_settings = keyword_settings(LOSSES[config["LOSS"]], config)
+    if not all(math.isfinite(value) for value in loss_settings.values()):
+        raise UserError(f"{', '.join(map(str.upper, loss_settings))} (LOSS {config['LOSS']}) must be finite numbers.")
     check_network(config["MODEL"], network_kwargs(config["MODEL"], config), config["IMAGE_SIZE"])
     check_folds(config["FOLDS"], config["FOLD"])
     if config["TENSORBOARD"]:

@@ -6,10 +6,9 @@ rest of the repository what it needs: `smallest_input` and `size_multiple` (the 
 parameters. A checkpoint stores the builder's name and keyword arguments; loading is NETWORKS[name](**kwargs).
 """
 
-import inspect
-
 import torch
 
+from common.config import keyword_settings
 from common.errors import UserError
 from model.smp import SMP_NETWORKS
 from model.unet import build_unet
@@ -23,8 +22,7 @@ STARTING_WEIGHTS = ("encoder_weights",)
 
 def network_kwargs(name: str, config: dict) -> dict:
     """The keyword arguments of MODEL `name`'s builder, each the setting of its name in upper case."""
-    parameters = inspect.signature(NETWORKS[name]).parameters
-    return {key: config[key.upper()] for key in parameters if key.upper() in config}
+    return keyword_settings(NETWORKS[name], config)
 
 
 def build_network(name: str, kwargs: dict, image_size: int | None = None) -> torch.nn.Module:

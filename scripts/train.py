@@ -26,9 +26,10 @@ from common.distributed import data_parallel
 from common.errors import run_main
 from common.train_settings import read_settings
 from common.training_ops import announce_training, check_fits, finish, held_outputs, operations, start_run
-from dataset import kvasir, transforms
+from dataset import kvasir
 from dataset.sources import DataRecord
 from dataset.training_data import prepare_data
+from dataset.transforms import AUGMENTATIONS
 from model import NETWORKS, build_network, model_checkpoint, network_kwargs, save_checkpoint
 from model.unet import DeepSupervision
 from utils.losses import LOSSES, deeply_supervised, make_loss
@@ -37,7 +38,6 @@ from utils.training import (
     OPTIMIZERS,
     SCHEDULES,
     compile_model,
-    learning_rate_factor,
     make_optimizer,
     make_scaler,
     multi_scale_size,
@@ -55,7 +55,7 @@ IMAGE_SIZE = 256  # images and masks are resized to IMAGE_SIZE x IMAGE_SIZE
 VAL_FRACTION = 0.1  # share of each dataset's training images (Kvasir-SEG: the official 880) held out for validation
 FOLDS = 0  # 0: validate on the VAL_FRACTION carve-out; else on fold FOLD of a seeded FOLDS-fold partition of them
 FOLD = 0  # with FOLDS: the fold (0 to FOLDS - 1) held out for validation; the rest train
-AUGMENTATION = "strong"  # random changes to each training image (see dataset/transforms.py)
+AUGMENTATION = "strong"  # random changes to each training image (dataset/transforms.py's AUGMENTATIONS)
 CACHE = True  # decode and resize each image once into DATA_DIR/cache (memory-mapped afterwards)
 NUM_WORKERS = -1  # DataLoader worker processes; -1 picks min(8, CPU count - 1)
 # Model
@@ -68,14 +68,16 @@ ENCODER_WEIGHTS = "none"  # smp_*: the encoder's starting weights: none (from sc
 EPOCHS = 100  # passes over the training images
 BATCH_SIZE = 16  # images per training step
 LEARNING_RATE = 1e-3  # peak learning rate
-OPTIMIZER = "adamw"  # AdamW decouples weight decay from the gradient step
+OPTIMIZER = "adamw"  # utils/training.py's OPTIMIZERS: adam, or adamw (weight decay decoupled from the step)
 WEIGHT_DECAY = 1e-4  # L2 penalty on the weights (decoupled with adamw)
 DECAY_NORMS_AND_BIASES = True  # apply WEIGHT_DECAY to BatchNorm and bias parameters too (False: conv weights only)
-SCHEDULE = "cosine"  # learning rate after warm-up: constant, or cosine decay to zero (per step)
+SCHEDULE = "cosine"  # learning rate after warm-up (utils/training.py's SCHEDULES): constant, or cosine decay to 0
 WARMUP_EPOCHS = 3  # linear warm-up from 0 to LEARNING_RATE over this many epochs, at most a tenth of the run
-LOSS = "bce_dice"  # bce_dice: BCE_WEIGHT * BCE + DICE_WEIGHT * (1 - soft Dice); structure: boundary-weighted BCE + IoU
-BCE_WEIGHT = 1.0  # weight of the pixel-wise BCE in the bce_dice loss
-DICE_WEIGHT = 1.0  # weight of the soft Dice loss in the bce_dice loss
+LOSS = "bce_dice"  # utils/losses.py: bce_dice (BCE_WEIGHT * BCE + DICE_WEIGHT * (1 - soft Dice)), structure, focal
+BCE_WEIGHT = 1.0  # bce_dice: weight of the pixel-wise BCE
+DICE_WEIGHT = 1.0  # bce_dice: weight of the soft Dice loss
+FOCAL_ALPHA = 0.25  # focal: weight of polyp pixels (background: 1 - FOCAL_ALPHA)
+FOCAL_GAMMA = 2.0  # focal: how much well-classified pixels are down-weighted, by (1 - p)**FOCAL_GAMMA
 DEEP_SUPERVISION = 0.0  # 0: off; else the weight of auxiliary losses on the 2 coarser decoder levels (training only)
 MULTI_SCALE = False  # train each batch at 0.75, 1 or 1.25 x IMAGE_SIZE (seeded per step; validation stays at size)
 GRAD_CLIP = 0.0  # 0: off; else clip the gradients' global norm to this
@@ -100,7 +102,7 @@ OVERWRITE = False  # start a new run even where OUTPUT_DIR or CHECKPOINT_PATH ho
 
 CHOICES = {
     "MODEL": tuple(NETWORKS),
-    "AUGMENTATION": transforms.AUGMENTATIONS,
+    "AUGMENTATION": AUGMENTATIONS,
     "LOSS": LOSSES,
     "OPTIMIZER": OPTIMIZERS,
     "SCHEDULE": SCHEDULES,
@@ -114,8 +116,10 @@ def get_lr(step: int, steps_per_epoch: int, config: dict) -> float:
     then SCHEDULE from LEARNING_RATE. A function of the step alone, so a resumed run needs no schedule state."""
     total_steps = config["EPOCHS"] * steps_per_epoch
     warmup_steps = min(config["WARMUP_EPOCHS"] * steps_per_epoch, total_steps // 10)
-    factor = learning_rate_factor(step, warmup_steps, total_steps, config["SCHEDULE"])
-    return config["LEARNING_RATE"] * factor
+    if step < warmup_steps:
+        return config["LEARNING_RATE"] * ((step + 1) / warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return config["LEARNING_RATE"] * SCHEDULES[config["SCHEDULE"]](min(progress, 1.0))
 
 
 def main() -> int:
@@ -159,7 +163,7 @@ def main() -> int:
         announce_training(run, training, steps_per_epoch * config["EPOCHS"])
         # 5. The loss (validation's too) and the module stepped: under torchrun in DistributedDataParallel, with
         # COMPILE compiled, the same weights as `trained`
-        loss_fn = make_loss(config["LOSS"], config["BCE_WEIGHT"], config["DICE_WEIGHT"])
+        loss_fn = make_loss(config["LOSS"], config)
         train_loss_fn = (
             deeply_supervised(loss_fn, config["DEEP_SUPERVISION"]) if config["DEEP_SUPERVISION"] else loss_fn
         )

@@ -15,6 +15,7 @@ from dataset.synthetic import make_kvasir_folder
 from model import build_network, load_model
 from tests.scripts import REPO, run_script
 from tests.train_runs import TINY, error_line, read_history, run_in_process, train, train_in_process
+from utils.losses import LOSSES
 from utils.training import probed_seconds
 from utils.validation import THRESHOLDS
 
@@ -127,7 +128,8 @@ def test_bad_setting_is_refused_by_the_script_before_any_work(tmp_path):
         (["--save-every=-1"], "SAVE_EVERY must be >= 0 seconds"),
         (["--stop-check-steps", "0"], "STOP_CHECK_STEPS must be at least 1"),
         (["--grad-clip", "nan"], "GRAD_CLIP must be >= 0"),
-        (["--loss", "focal"], "LOSS must be one of bce_dice, structure"),
+        (["--loss", "wild"], f"LOSS must be one of {', '.join(LOSSES)}"),
+        (["--loss", "focal", "--focal-gamma", "inf"], "FOCAL_ALPHA, FOCAL_GAMMA (LOSS focal) must be finite numbers"),
         (["--folds", "1"], "FOLDS 1 gives no cross-validation"),
         (["--folds", "5", "--fold", "5"], "FOLD 5 is not a fold of FOLDS 5; give 0 to 4."),
         (["--fold", "2"], "FOLD 2 is not a fold of FOLDS 0"),

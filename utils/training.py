@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from common.device import free_memory_bytes, synchronized_clock
 from common.errors import UserError
 
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}  # AdamW decouples weight decay from the step
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # torch.compile modes (or off)
 MULTI_SCALES = (0.75, 1.0, 1.25)  # PraNet's multi-scale training: each batch at one of these times IMAGE_SIZE
 
@@ -26,10 +25,10 @@ def make_optimizer(
     device: torch.device,
     decay_norms_and_biases: bool = True,
 ):
-    """Adam or AdamW over `module`'s parameters; on CUDA the fused version, one kernel per step instead of several
+    """OPTIMIZERS[name] over `module`'s parameters; on CUDA the fused version, one kernel per step instead of several
     per parameter. Without `decay_norms_and_biases`, weight decay applies to the convolution weights only: the
     BatchNorm scales and shifts and the biases (every parameter of one dimension) form a group without decay."""
-    optimizer_class = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    optimizer_class = OPTIMIZERS[name]
     parameters = list(module.parameters())
     groups = [{"params": parameters}]
     if not decay_norms_and_biases:
@@ -92,20 +91,18 @@ def resize_batch(images: torch.Tensor, masks: torch.Tensor, size: int) -> tuple[
     return resized, resized_masks.to(masks.dtype)  # interpolate keeps the images' memory format
 
 
-def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate for a step: linear warm-up, then constant or cosine decay to zero."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "cosine":
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+def cosine(progress: float) -> float:
+    """Cosine decay from 1 at the warm-up's end to 0 at the run's end (`progress` 0 to 1)."""
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def constant(progress: float) -> float:
+    """The peak learning rate throughout."""
     return 1.0
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, learning_rate: float) -> None:
-    """Use `learning_rate` for the next step: the schedule is a function of the step, so resuming needs no state."""
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate
+# Each SCHEDULE: the learning rate after warm-up, as a fraction of LEARNING_RATE, of the share of those steps done.
+SCHEDULES = {"constant": constant, "cosine": cosine}
 
 
 def learning_rate_stride(steps_per_epoch: int, points: int = 20) -> int:
