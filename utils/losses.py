@@ -63,7 +63,24 @@ def focal_loss(
     return (weights * (1 - probability_of_truth) ** focal_gamma * bce).mean()
 
 
-LOSSES = {"bce_dice": bce_dice_loss, "structure": structure_loss, "focal": focal_loss}
+def tversky_loss(
+    logits: torch.Tensor, targets: torch.Tensor, tversky_alpha: float = 0.3, tversky_beta: float = 0.7
+) -> torch.Tensor:
+    """1 - Tversky index (Salehi et al., 2017) of sigmoid probabilities per image, TP / (TP + alpha FP + beta FN),
+    smoothed by 1 and averaged over the batch: beta > alpha weighs missed polyp pixels more than false alarms."""
+    probabilities, targets = torch.sigmoid(logits.float()).flatten(1), targets.float().flatten(1)
+    true_positives = (probabilities * targets).sum(dim=1)
+    false_positives, false_negatives = (
+        (probabilities * (1 - targets)).sum(dim=1),
+        ((1 - probabilities) * targets).sum(dim=1),
+    )
+    index = (true_positives + 1) / (
+        true_positives + tversky_alpha * false_positives + tversky_beta * false_negatives + 1
+    )
+    return 1 - index.mean()
+
+
+LOSSES = {"bce_dice": bce_dice_loss, "structure": structure_loss, "focal": focal_loss, "tversky": tversky_loss}
 
 
 def make_loss(name: str, config: dict | None = None):
