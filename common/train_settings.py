@@ -55,7 +55,6 @@ def resumed_settings(state: dict, settings: Settings, defaults: dict) -> dict:
         )
     config = {**saved, **{name: settings.values[name] for name in RESUME_MAY_CHANGE if name in settings.given}}
     config["RESUME"] = True
-    config.setdefault("RUN_ID", None)  # a run started before runs had ids
     check_resumed_checkpoint_path(saved["CHECKPOINT_PATH"], config["CHECKPOINT_PATH"])
     finished = len(state["history"])
     if config["EPOCHS"] <= finished:

@@ -26,7 +26,7 @@ from common.distributed import (
 )
 from common.errors import UserError
 from common.files import writable_folder, write_csv_atomic, write_json_atomic
-from common.run_folder import check_output_paths, held_run_folder
+from common.run_folder import check_output_paths, locked_run_folder
 from common.signals import StopRequest
 from common.train_settings import RECIPE_FREE, RESUME_MAY_CHANGE
 from dataset.training_data import TrainingData
@@ -93,15 +93,15 @@ def start_run(config: dict, example: str) -> Run:
     return Run(config, device, amp_dtype, configure_fast_path(device), processes, output_dir, checkpoint_path)
 
 
-def held_outputs(run: Run, resuming: bool, defaults: dict):
-    """The run's output folder and checkpoint held against other runs (see common/run_folder.py), `defaults` being
+def locked_outputs(run: Run, resuming: bool, defaults: dict):
+    """The run's output folder and checkpoint locked against other runs (see common/run_folder.py), `defaults` being
     the script's constants. Only the main process writes, so only it holds them."""
     if not run.processes.is_main:
         return contextlib.nullcontext()
     describe = functools.partial(
         describe_earlier_run, run.last_path, run.checkpoint_path, defaults, run.config, RECIPE_FREE
     )
-    return held_run_folder(
+    return locked_run_folder(
         run.output_dir, run.checkpoint_path, resuming, run.config["OVERWRITE"], run.config["RUN_ID"],
         read_config=lambda path: load_checkpoint(path).get("config", {}), describe=describe,
     )  # fmt: skip

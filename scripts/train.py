@@ -25,7 +25,7 @@ from common.device import autocast
 from common.distributed import data_parallel
 from common.errors import run_main
 from common.train_settings import read_settings
-from common.training_ops import announce_training, check_fits, finish, held_outputs, operations, start_run
+from common.training_ops import announce_training, check_fits, finish, locked_outputs, operations, start_run
 from dataset import kvasir
 from dataset.sources import DataRecord
 from dataset.training_data import prepare_data
@@ -129,10 +129,10 @@ def main() -> int:
     # 1. Settings: the constants above, recipe files, flags; with --resume, the saved run's recipe and state
     defaults = script_constants(globals())
     config, resumed = read_settings(defaults, __file__, CHOICES)
-    # 2. Device, processes and output paths, checked before any work; the output folder held against other runs
+    # 2. Device, processes and output paths, checked before any work; the output folder locked against other runs
     run = start_run(config, example=CHECKPOINT_PATH)
     device, amp_dtype, memory_format = run.device, run.amp_dtype, run.memory_format
-    with held_outputs(run, resumed is not None, defaults):
+    with locked_outputs(run, resumed is not None, defaults):
         # 3. The network, seeded; with DEEP_SUPERVISION trained with auxiliary heads, with EMA_DECAY validated as
         # a moving average of its weights (BatchNorm statistics averaged too)
         torch.manual_seed(config["SEED"])

@@ -100,11 +100,13 @@ def restored_progress(state: dict, steps_per_epoch: int, device: torch.device) -
         state["step_losses"].to(device),
         state["history"],
         state["best_dice"],
-        state.get("learning_rates", []),  # absent from states saved before it was recorded
+        state["learning_rates"],
     )
 
 
-RESUMABLE_KEYS = ("step", "step_losses", "history", "best_dice", "optimizer_state", "scaler_state", "rng_state")
+RESUMABLE_KEYS = (
+    "step", "step_losses", "history", "best_dice", "learning_rates", "optimizer_state", "scaler_state", "rng_state",
+)  # fmt: skip
 
 
 def load_training_state(path: Path) -> dict:
