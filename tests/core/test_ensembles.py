@@ -15,8 +15,8 @@ from dataset.splits import Split
 from model import build_network
 from model.checkpoint import data_record, load_checkpoint, load_members, save_checkpoint
 from tests.checkpoints import save_untrained_checkpoint
+from tests.core.test_evaluate import ConstantLogit
 from tests.scripts import load_script
-from tests.test_evaluate import ConstantLogit
 from utils.inference import THRESHOLD, EnsemblePredictor, Predictor, load_predictor
 
 evaluate = load_script("evaluate")
