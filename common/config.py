@@ -9,6 +9,7 @@ block of constants as the block's heading in `--help`. A recipe file
 
 import argparse
 import ast
+import inspect
 import io
 import tokenize
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ def flag_name(constant: str) -> str:
 
 def script_constants(namespace: dict) -> dict:
     """A script's settings: the UPPER_CASE names of `namespace` (its globals()) bound to plain values or lists by the
-    script's own top-level assignments. An imported name (`from utils.inference import THRESHOLD`) is never one, nor
+    script's own top-level assignments. An imported name (`from utils.metrics import THRESHOLD`) is never one, nor
     are tuples and dicts, so only what the script defines, and reads, becomes a flag.
     """
     defined = assigned_names(Path(namespace["__file__"]).read_text())
@@ -39,6 +40,14 @@ def script_constants(namespace: dict) -> dict:
         for name, value in namespace.items()
         if name in defined and name.isupper() and isinstance(value, SETTING_TYPES)
     }
+
+
+def keyword_settings(function, config: dict) -> dict:
+    """The keyword arguments of `function` (a builder of a table: a loss, a network) that are settings, each taken
+    from the setting of its name in upper case (`bce_weight` is BCE_WEIGHT), so a builder's parameters are settings
+    by naming them."""
+    parameters = inspect.signature(function).parameters
+    return {name: config[name.upper()] for name in parameters if name.upper() in config}
 
 
 def assigned_names(source: str) -> set[str]:

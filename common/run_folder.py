@@ -1,4 +1,4 @@
-"""A training run's output folder and best-model path: refused before any work when they cannot be written, held
+"""A training run's output folder and best-model path: refused before any work when they cannot be written, locked
 against other runs while it trains, and taken over from an earlier run only when asked, so that no run silently
 destroys another's files."""
 
@@ -98,10 +98,10 @@ def claim_run_files(output_dir: Path, checkpoint_path: Path, resuming: bool, ove
 
 
 @contextlib.contextmanager
-def held_run_folder(
+def locked_run_folder(
     output_dir: Path, checkpoint_path: Path, resuming: bool, overwrite: bool, run_id, read_config, describe=None
 ):
-    """Hold the run's output folder and checkpoint against other runs for the block, after tidying what a killed
+    """Lock the run's output folder and checkpoint against other runs for the block, after tidying what a killed
     run left and claiming the paths (see check_checkpoint_owner and claim_run_files, which `describe` is passed to)."""
     with (
         exclusive_lock(output_dir / "train.lock", str(output_dir)),

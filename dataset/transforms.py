@@ -63,12 +63,11 @@ def wide() -> list:
 
 # Each AUGMENTATION mode: the random changes applied to a training image, in this order, before normalising.
 # A function per mode, so that every pipeline gets transforms of its own (each holds its own random state).
-AUGMENTATION_STEPS = {"none": list, "flips": flips, "strong": strong, "heavy": heavy, "wide": wide}
-AUGMENTATIONS = tuple(AUGMENTATION_STEPS)
+AUGMENTATIONS = {"none": list, "flips": flips, "strong": strong, "heavy": heavy, "wide": wide}
 
 
 def build_transform(augmentation: str = "none") -> A.Compose:
-    """The pipeline of an AUGMENTATION mode (see AUGMENTATION_STEPS; `none`: normalise only, for evaluation)."""
+    """The pipeline of an AUGMENTATION mode (see AUGMENTATIONS; `none`: normalise only, for evaluation)."""
     if augmentation not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {augmentation!r}; choose one of {AUGMENTATIONS}")
-    return A.Compose([*AUGMENTATION_STEPS[augmentation](), A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+        raise ValueError(f"unknown augmentation {augmentation!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    return A.Compose([*AUGMENTATIONS[augmentation](), A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])

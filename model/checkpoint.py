@@ -3,17 +3,17 @@
 objects), so `torch.load(path, weights_only=True)` reads it too.
 
 A model checkpoint (scripts/train.py's CHECKPOINT_PATH: the best epoch by validation Dice) holds the keys above
-`step`; it never holds the auxiliary heads of deep supervision, so the model stays a plain U-Net. With
+`step`; it never holds the auxiliary heads of deep supervision, so the model stays the plain network. With
 THRESHOLD_SEARCH, `preprocessing` also holds the chosen `threshold` (readers use 0.5 when it is absent) and
 `metrics` the validation Dice of each threshold tried (`val_dice_by_threshold`). scripts/train.py's resumable state
-(OUTPUT_DIR/last.pth, written by utils/training_state.py) holds the trained U-Net's own weights as `model_state`,
+(OUTPUT_DIR/last.pth, written by utils/training_state.py) holds the trained network's own weights as `model_state`,
 the epoch the run stands in as `epoch` and the last finished epoch's row as `metrics` ({} before the first), and
 all the keys below:
 
 | key | content |
 | --- | --- |
-| `model_state` | the U-Net's state dict: the weights validated (their moving average when EMA_DECAY > 0) |
-| `model_config` | `in_channels`, `out_channels`, `base_channels`, `depth`: `build_unet(**model_config)` rebuilds it |
+| `model_state` | the network's state dict: the weights validated (their moving average when EMA_DECAY > 0) |
+| `builder` | `name` (MODEL) and `kwargs`: `model.networks.NETWORKS[name](**kwargs)` rebuilds the network |
 | `preprocessing` | `image_size`, the `mean` and `std` for RGB in [0, 1], and the `threshold` if training chose one |
 | `epoch`, `metrics` | the epoch it was saved at and its history row (`train_loss`, `val_loss`, `val_dice`, ...) |
 | `datasets` | the datasets trained on: `name`, and for a folder its `images` and `masks` folders and `test_list` |
@@ -42,10 +42,9 @@ from common.errors import UserError
 from common.files import atomic_path
 from dataset.sources import DataRecord, ensemble_record
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
-from model.unet import UNet, build_unet
+from model.networks import NETWORKS, build_network
 
-REQUIRED_KEYS = ("model_state", "model_config")
-MODEL_CONFIG_KEYS = ("in_channels", "out_channels", "base_channels", "depth")
+REQUIRED_KEYS = ("model_state", "builder")
 
 
 def cpu_state(module: torch.nn.Module) -> dict:
@@ -54,12 +53,14 @@ def cpu_state(module: torch.nn.Module) -> dict:
     return {name: value.detach().to("cpu", copy=True) for name, value in module.state_dict().items()}
 
 
-def model_checkpoint(model: UNet, image_size: int, epoch: int, metrics: dict, data: DataRecord, config: dict) -> dict:
+def model_checkpoint(
+    model: torch.nn.Module, image_size: int, epoch: int, metrics: dict, data: DataRecord, config: dict
+) -> dict:
     """The portable checkpoint of `model`: its weights, everything needed to rebuild and feed it, and what it was
     trained on."""
     return {
         "model_state": cpu_state(model),
-        "model_config": dict(model.config),
+        "builder": model.builder,
         "preprocessing": {"image_size": image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
         "epoch": epoch,
         "metrics": metrics,
@@ -97,33 +98,44 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     except Exception as error:  # the unpickler raises many types for files that are not checkpoints
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"{path} is not a readable checkpoint of this repository ({reason}).") from None
+    if isinstance(checkpoint, dict) and "model_config" in checkpoint and "builder" not in checkpoint:
+        raise UserError(
+            f"{path} is a checkpoint of an older version of this repository (a model_config, no builder), which this"
+            " one does not read; train it again with scripts/train.py."
+        )
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
         raise UserError(f"{path} is not a checkpoint of this repository (no {' / '.join(REQUIRED_KEYS)} inside).")
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint: dict, source="the checkpoint") -> UNet:
-    """A UNet with the checkpoint's architecture and weights, in eval mode, on the CPU."""
-    config = checkpoint["model_config"]
-    problem = describe_bad_model_config(config)
+def model_from_checkpoint(checkpoint: dict, source="the checkpoint") -> torch.nn.Module:
+    """The network of the checkpoint's builder, with its weights, in eval mode, on the CPU."""
+    builder = checkpoint["builder"]
+    problem = describe_bad_builder(builder)
     if problem:
-        raise UserError(f"{source} has a malformed model_config ({problem}); it was not written by scripts/train.py.")
-    model = build_unet(**config)
+        raise UserError(f"{source} has a malformed builder ({problem}); it was not written by scripts/train.py.")
+    try:
+        model = build_network(builder["name"], builder["kwargs"])
+    except TypeError as error:  # keyword arguments the builder does not take
+        raise UserError(
+            f"{source} has a malformed builder ({error}); it was not written by scripts/train.py."
+        ) from None
     mismatch = describe_mismatch(model.state_dict(), checkpoint["model_state"])
     if mismatch:
-        raise UserError(f"{source}'s weights do not fit UNet({config}): {mismatch}.")
+        raise UserError(f"{source}'s weights do not fit MODEL {builder['name']} {builder['kwargs']}: {mismatch}.")
     model.load_state_dict(checkpoint["model_state"])
     return model.eval()
 
 
-def describe_bad_model_config(config) -> str | None:
-    """Why `config` cannot be UNet's constructor arguments (None when it can)."""
-    if not isinstance(config, dict):
-        return f"a {type(config).__name__}, not a dict"
-    if sorted(config) != sorted(MODEL_CONFIG_KEYS):
-        return f"keys {sorted(config)}, expected {list(MODEL_CONFIG_KEYS)}"
-    wrong = [key for key in MODEL_CONFIG_KEYS if type(config[key]) is not int or config[key] < 1]
-    return f"{wrong[0]} is {config[wrong[0]]!r}, not a positive whole number" if wrong else None
+def describe_bad_builder(builder) -> str | None:
+    """Why `builder` cannot rebuild a network (None when it can): not {name: one of NETWORKS, kwargs: a dict}."""
+    if not isinstance(builder, dict) or sorted(builder) != ["kwargs", "name"]:
+        return "not a dict of name and kwargs"
+    if builder["name"] not in NETWORKS:
+        return f"name {builder['name']!r} is not one of {', '.join(NETWORKS)}"
+    if not isinstance(builder["kwargs"], dict):
+        return f"kwargs is a {type(builder['kwargs']).__name__}, not a dict"
+    return None
 
 
 def describe_bad_preprocessing(preprocessing) -> str | None:
@@ -161,7 +173,7 @@ def describe_mismatch(expected: dict, found) -> str | None:
     return None
 
 
-def load_model(path, device="cpu") -> UNet:
+def load_model(path, device="cpu") -> torch.nn.Module:
     """One line from a checkpoint file to a ready model: `model = load_model("models/unet_kvasirseg.pth")`."""
     return model_from_checkpoint(load_checkpoint(path), source=path).to(device)
 

@@ -1,13 +1,11 @@
-"""U-Net (Ronneberger et al., 2015) built from small named parts, with BatchNorm and padding-safe skips,
-and `build_unet`, the one place a U-Net is made from its settings."""
+"""U-Net (Ronneberger et al., 2015) built from small named parts, with BatchNorm and padding-safe skips, and the
+deep-supervision wrapper that trains its coarser decoder levels too."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from common.errors import UserError
-
-MAX_PARAMETERS = 2_000_000_000  # 64x the default U-Net (31 M): its weights and AdamW state alone need 32 GB
 
 
 class DoubleConv(nn.Sequential):
@@ -58,13 +56,16 @@ class UNet(nn.Module):
     """Encoder-decoder with skip connections; `forward` returns logits [N, out_channels, H, W].
 
     Channel widths are base_channels * 2**level for levels 0..depth; any input size of at least
-    2**depth pixels per side works.
+    `smallest_input` pixels per side works.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base_channels: int = 64, depth: int = 4):
         super().__init__()
-        self.config = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels, depth=depth)
         widths = [base_channels * 2**level for level in range(depth + 1)]
+        self.decoder_widths = widths[-2::-1]  # the channels of each decoder_maps level, coarsest first
+        # every level keeps at least 2x2 pixels (BatchNorm needs more than one value per channel at the bottleneck)
+        self.smallest_input = 2 ** (depth + 1)
+        self.size_multiple = 1  # any side: odd sizes are padded back in each Up
         self.inc = DoubleConv(in_channels, widths[0])
         self.downs = nn.ModuleList(Down(widths[i], widths[i + 1]) for i in range(depth))
         self.ups = nn.ModuleList(Up(widths[i + 1], widths[i]) for i in reversed(range(depth)))
@@ -92,42 +93,29 @@ class DeepSupervision(nn.Module):
     each, upsampled to the input's size), so that every level is pushed towards the mask. Only the U-Net is kept
     for inference: evaluate, predict and the notebook never see the auxiliary heads."""
 
-    def __init__(self, unet: UNet, levels: int):
+    def __init__(self, network: nn.Module, levels: int = 2):
         super().__init__()
-        self.unet = unet
-        widths = [unet.outc.in_channels * 2**level for level in range(1, levels + 1)]  # the levels above the last
-        self.heads = nn.ModuleList(OutConv(width, unet.outc.out_channels) for width in reversed(widths))
+        if not hasattr(network, "decoder_maps"):
+            raise UserError(
+                f"DEEP_SUPERVISION needs a network that shows its decoder levels (MODEL unet); {type(network).__name__}"
+                " does not. Set --deep-supervision 0."
+            )
+        self.network = network
+        widths = network.decoder_widths[-1 - levels : -1]  # up to `levels` levels above the last
+        self.heads = nn.ModuleList(OutConv(width, network.outc.out_channels) for width in widths)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        maps = self.unet.decoder_maps(x)
+        maps = self.network.decoder_maps(x)
         size = x.shape[2:]
         auxiliary = [
             F.interpolate(head(level), size=size, mode="bilinear", align_corners=False)
             for head, level in zip(self.heads, maps[-1 - len(self.heads) : -1], strict=True)
         ]
-        return self.unet.outc(maps[-1]), auxiliary
+        return self.network.outc(maps[-1]), auxiliary
 
 
-def smallest_input(depth: int) -> int:
-    """The smallest image side a U-Net of `depth` trains on: every level keeps at least 2x2 pixels
-    (BatchNorm needs more than one value per channel at the bottleneck)."""
-    return 2 ** (depth + 1)
-
-
-def check_unet_size(base_channels: int, depth: int, in_channels: int = 3, out_channels: int = 1) -> int:
-    """The parameter count of a U-Net of this architecture, counted on the meta device (shapes only, no memory);
-    refused with that count when it exceeds MAX_PARAMETERS."""
-    with torch.device("meta"):
-        parameters = sum(p.numel() for p in UNet(in_channels, out_channels, base_channels, depth).parameters())
-    if parameters > MAX_PARAMETERS:
-        raise UserError(
-            f"a U-Net of base width {base_channels} and depth {depth} has {parameters / 1e6:,.0f} M parameters, more"
-            f" than the {MAX_PARAMETERS / 1e6:,.0f} M this repository trains; lower BASE_CHANNELS or DEPTH."
-        )
-    return parameters
-
-
-def build_unet(base_channels: int = 64, depth: int = 4, in_channels: int = 3, out_channels: int = 1) -> UNet:
-    """A U-Net of this architecture, refused before any memory is allocated when it is too large to train."""
-    check_unet_size(base_channels, depth, in_channels, out_channels)
-    return UNet(in_channels, out_channels, base_channels, depth)
+def build_unet(base_channels: int = 64, depth: int = 4) -> UNet:
+    """The U-Net of MODEL "unet": BASE_CHANNELS wide at its first level, DEPTH down-sampling steps."""
+    if base_channels < 1 or depth < 1:
+        raise UserError("BASE_CHANNELS and DEPTH must be at least 1.")
+    return UNet(base_channels=base_channels, depth=depth)

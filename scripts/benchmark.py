@@ -36,18 +36,24 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.config import flag_name, parse_settings, script_constants
-from common.device import autocast_dtype, configure_fast_path, describe_device, resolve_device, seconds_per_call
+from common.device import (
+    autocast,
+    autocast_dtype,
+    configure_fast_path,
+    describe_device,
+    resolve_device,
+    seconds_per_call,
+)
 from common.errors import UserError, run_main
 from common.files import write_json_atomic
 from dataset import kvasir, synthetic, transforms
 from dataset.loader import loader_options, worker_count
 from dataset.sampler import RunBatchSampler
 from dataset.segmentation import PolypDataset
-from model import build_unet
-from model.unet import smallest_input
+from model import build_network, network_kwargs
 from utils.inference import Predictor
 from utils.losses import bce_dice_loss
-from utils.training import COMPILE_MODES, compile_model, make_optimizer, make_scaler, training_step
+from utils.training import COMPILE_MODES, compile_model, make_optimizer, make_scaler
 
 DATA_DIR = "data"  # the real Kvasir-SEG (folder or zip, as scripts/train.py leaves it), used when SYNTHETIC is 0
 SYNTHETIC = 0  # N > 0: time on N generated Kvasir-sized images in a temporary folder instead
@@ -75,10 +81,7 @@ def check_settings(config: dict) -> None:
             raise UserError(f"{name} must be at least 1.")
     if config["END_TO_END_EPOCHS"] < 0 or config["SYNTHETIC"] < 0:
         raise UserError("END_TO_END_EPOCHS and SYNTHETIC must be >= 0.")
-    if config["IMAGE_SIZE"] < smallest_input(config["DEPTH"]):
-        raise UserError(
-            f"IMAGE_SIZE must be at least {smallest_input(config['DEPTH'])} for a U-Net of DEPTH {config['DEPTH']}."
-        )
+    build_network("unet", unet_kwargs(config), config["IMAGE_SIZE"])  # refuses an IMAGE_SIZE the U-Net cannot take
     for name, allowed in (("AUGMENTATION", transforms.AUGMENTATIONS), ("COMPILE", COMPILE_MODES)):
         if config[name] not in allowed:
             raise UserError(f"{name} must be one of {', '.join(allowed)}.")
@@ -104,7 +107,7 @@ def flops_per_image(config: dict, batch_size: int, training: bool) -> float:
     """FLOPs per image of a forward pass, or of forward + loss + backward, counted once on shape-only tensors."""
     size = config["IMAGE_SIZE"]
     with torch.device("meta"):
-        model = build_unet(config["BASE_CHANNELS"], config["DEPTH"]).train(training)
+        model = build_network("unet", unet_kwargs(config)).train(training)
         images, masks = torch.empty(batch_size, 3, size, size), torch.empty(batch_size, 1, size, size)
     with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(training):
         logits = model(images)
@@ -116,7 +119,12 @@ def flops_per_image(config: dict, batch_size: int, training: bool) -> float:
 def new_model(config: dict, device, memory_format):
     """The U-Net under test, identically initialised for every loop."""
     torch.manual_seed(0)
-    return build_unet(config["BASE_CHANNELS"], config["DEPTH"]).to(device, memory_format=memory_format)
+    return build_network("unet", unet_kwargs(config)).to(device, memory_format=memory_format)
+
+
+def unet_kwargs(config: dict) -> dict:
+    """The U-Net's keyword arguments from BASE_CHANNELS and DEPTH."""
+    return network_kwargs("unet", config)
 
 
 def batch_stream(dataset: PolypDataset, config: dict, epochs: int, options: dict):
@@ -135,12 +143,15 @@ def time_training(model, batches, steps_per_epoch: int, config: dict, device, am
     scaler = make_scaler(device, amp_dtype)
     non_blocking = fast and device.type == "cuda"
 
-    def step():
+    def step():  # scripts/train.py's step, without its options
         images, masks = next(batches)
         images = images.to(device, non_blocking=non_blocking, memory_format=memory_format)
-        training_step(
-            model, images, masks.to(device, non_blocking=non_blocking), bce_dice_loss, optimizer, scaler, amp_dtype
-        )
+        with autocast(device, amp_dtype):
+            outputs = model(images)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(bce_dice_loss(outputs, masks.to(device, non_blocking=non_blocking))).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     return seconds_per_call(step, device, steps_per_epoch, calls=config["TIMED_EPOCHS"] * steps_per_epoch)
 

@@ -42,7 +42,7 @@ from dataset.sources import (
 )
 from dataset.splits import Split
 from model.checkpoint import Member, common_record, load_members
-from utils import inference  # as a module: its THRESHOLD is not a setting of this script
+from utils import inference
 from utils.scoring import GLOBAL_METRICS, METRICS, score_pairs, summarize
 
 CHECKPOINT = ["models/unet_kvasirseg.pth"]  # the model to score; several, or a sweep's folder of folds: their ensemble

@@ -1,11 +1,11 @@
-"""Export a trained U-Net to ONNX for deployment, kept only when ONNX Runtime reproduces PyTorch's probabilities.
+"""Export a trained network to ONNX for deployment, kept only when ONNX Runtime reproduces PyTorch's probabilities.
 
     python scripts/export.py                    # models/unet_kvasirseg.pth -> models/unet_kvasirseg.onnx
     python scripts/export.py --checkpoint run/best.pth --output run/best.onnx --json run/export_check.json
 
 The ONNX model maps a normalised float32 batch `image` [N, 3, H, W] to `logits` [N, 1, H, W], with N, H and W
-dynamic (H and W of at least 2**depth pixels); a pixel is polyp where sigmoid(logit) > threshold. Its metadata_props
-hold the JSON of `preprocessing` (image_size, mean, std, threshold) and `model_config`, which
+dynamic (H and W of at least the network's smallest input); a pixel is polyp where sigmoid(logit) > threshold. Its
+metadata_props hold the JSON of `preprocessing` (image_size, mean, std, threshold) and `builder`, which
 `scripts/predict.py --onnx` reads to resize, normalise and threshold as with the checkpoint.
 The check feeds synthetic polyp images to PyTorch and to ONNX Runtime on the CPU, at the training size and at each of
 CHECK_SIZES, and writes OUTPUT (replacing an earlier export) only when their probabilities differ by at most
@@ -65,7 +65,7 @@ def single_checkpoint(names: list[str]) -> str:
     return names[0]
 
 
-def sizes_to_check(config: dict, image_size: int, depth: int) -> list[tuple[int, int]]:
+def sizes_to_check(config: dict, image_size: int, model: torch.nn.Module) -> list[tuple[int, int]]:
     """The (height, width) sizes to check, the training size first, after refusing settings that cannot work."""
     if config["OPSET"] < 18:
         raise UserError(f"OPSET {config['OPSET']} is too old: torch's ONNX exporter writes opset 18 and later.")
@@ -74,22 +74,23 @@ def sizes_to_check(config: dict, image_size: int, depth: int) -> list[tuple[int,
     if min(config["CHECK_BATCH"], config["SPEED_BATCH"]) < 1:
         raise UserError("CHECK_BATCH and SPEED_BATCH must be at least 1.")
     sizes = [(image_size, image_size), *map(parse_size, config["CHECK_SIZES"])]
-    smallest = 2**depth
+    smallest, multiple = model.smallest_input, model.size_multiple
     for height, width in sizes:
-        if min(height, width) < smallest:
-            raise UserError(f"check size {width}x{height} is below {smallest} px, a depth-{depth} U-Net's least.")
+        if min(height, width) < smallest or height % multiple or width % multiple:
+            sides = f"at least {smallest} px" + (f", multiples of {multiple}" if multiple > 1 else "")
+            raise UserError(f"check size {width}x{height} does not fit the network, whose sides are {sides}.")
     return sizes
 
 
 def is_export(path: Path) -> bool:
     """Whether `path` holds an ONNX model written by this script (its metadata_props hold preprocessing and
-    model_config): the only file OUTPUT may replace."""
+    builder): the only file OUTPUT may replace."""
     onnx = inference.import_export_package("onnx")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # onnx raises protobuf's and its own errors for files that are not ONNX models
         return False
-    return {"preprocessing", "model_config"} <= {prop.key for prop in model.metadata_props}
+    return {"preprocessing", "builder"} <= {prop.key for prop in model.metadata_props}
 
 
 def claim_outputs(config: dict) -> None:
@@ -112,8 +113,8 @@ def synthetic_batch(preprocessing: dict, height: int, width: int, count: int, rn
 
 def export_onnx(model: torch.nn.Module, preprocessing: dict, path: Path, opset: int) -> None:
     """Write `model` to `path` as one ONNX file with dynamic batch, height and width, and its preprocessing and
-    model_config as JSON metadata_props (what predict.py --onnx and other runtimes need to feed it)."""
-    side, smallest = preprocessing["image_size"], 2 ** model.config["depth"]
+    builder as JSON metadata_props (what predict.py --onnx and other runtimes need to feed it)."""
+    side, smallest = preprocessing["image_size"], model.smallest_input
     batch, height, width = Dim("batch"), Dim("height", min=smallest), Dim("width", min=smallest)
     example = torch.zeros(2, 3, side, side)  # a batch of 2: torch.export would fix a batch axis of 1
     try:
@@ -127,7 +128,7 @@ def export_onnx(model: torch.nn.Module, preprocessing: dict, path: Path, opset: 
     written = program.model.opset_imports.get("")
     if written != opset:  # the exporter falls back to its own opset when it cannot convert to the one asked for
         raise UserError(f"torch's exporter cannot write opset {opset} (it wrote {written}); give --opset {written}.")
-    metadata = {"preprocessing": preprocessing, "model_config": model.config}
+    metadata = {"preprocessing": preprocessing, "builder": model.builder}
     program.model.metadata_props.update({key: json.dumps(value) for key, value in metadata.items()})
     program.save(path, external_data=False)
 
@@ -203,7 +204,7 @@ def main() -> None:
     checkpoint = load_checkpoint(config["CHECKPOINT"])
     pytorch = inference.Predictor.from_checkpoint(checkpoint, device="cpu", mixed_precision=False)
     pytorch.preprocessing = {**pytorch.preprocessing, "threshold": pytorch.threshold}  # the ONNX file carries it
-    sizes = sizes_to_check(config, pytorch.preprocessing["image_size"], pytorch.model.config["depth"])
+    sizes = sizes_to_check(config, pytorch.preprocessing["image_size"], pytorch.model)
     output = Path(config["OUTPUT"])
     with atomic_path(output) as temporary:
         export_onnx(pytorch.model, pytorch.preprocessing, temporary, config["OPSET"])

@@ -29,7 +29,7 @@ from common.files import writable_folder
 from dataset.images import read_rgb, write_png
 from dataset.kvasir import IMAGE_SUFFIXES
 from model.checkpoint import load_members
-from utils import inference  # as a module: its THRESHOLD is not a setting of this script
+from utils import inference
 from utils.visualization import overlay_mask
 
 CHECKPOINT = [

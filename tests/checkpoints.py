@@ -7,7 +7,7 @@ import torch
 from dataset.kvasir import prepare_kvasir_seg
 from dataset.sources import KVASIR, DataRecord, Source, file_digest
 from dataset.splits import Split, make_split
-from model import build_unet, model_checkpoint, save_checkpoint
+from model import build_network, model_checkpoint, save_checkpoint
 
 
 def save_untrained_checkpoint(
@@ -16,7 +16,7 @@ def save_untrained_checkpoint(
     """A seeded, untrained tiny U-Net with the split train.py would make of `data_dir` (VAL_FRACTION 0.1, SEED 42;
     with `folds`, FOLDS and FOLD)."""
     torch.manual_seed(0)
-    model = build_unet(base_channels, depth)
+    model = build_network("unet", {"base_channels": base_channels, "depth": depth})
     pairs = prepare_kvasir_seg(data_dir) if Path(data_dir).exists() else []
     ids = [pair[0] for pair in pairs]
     split = make_split(ids, 0.1, 42, folds=folds, fold=fold) if pairs else Split([], [], [], official=False)

@@ -17,8 +17,8 @@ from common.device import autocast, autocast_dtype, configure_fast_path, resolve
 from common.errors import UserError
 from common.optional import import_optional
 from model.checkpoint import Member, describe_bad_preprocessing, load_checkpoint, load_members, model_from_checkpoint
+from utils.metrics import THRESHOLD
 
-THRESHOLD = 0.5  # a pixel is polyp when its probability exceeds this, unless the checkpoint chose another threshold
 # Test-time augmentation views, each (quarter turns, mirrored first) of an [N, C, H, W] batch: 3 views are the image
 # and its horizontal and vertical flips (a vertical flip is a mirror turned by half a turn); 8 are all the flips and
 # 90-degree rotations of a square (the dihedral group).
@@ -26,6 +26,7 @@ TTA_VIEWS = {
     3: ((0, False), (0, True), (2, True)),
     8: tuple((turns, mirrored) for turns in range(4) for mirrored in (False, True)),
 }
+DEFAULT_TTA_VIEWS = 8  # every flip and quarter turn: as scripts/evaluate.py, predict.py and the notebook use
 EXPORT_INSTALL = "pip install -r requirements-export.txt"  # installs onnx, onnxscript and onnxruntime
 
 
@@ -132,7 +133,7 @@ class Predictor(ImagePredictor):
     amp_dtype: torch.dtype | None = None
     tta: bool = False
     threshold: float | None = None
-    tta_views: int = 3
+    tta_views: int = DEFAULT_TTA_VIEWS
 
     def __post_init__(self):
         self.check_settings()
@@ -141,7 +142,13 @@ class Predictor(ImagePredictor):
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint, device="auto", mixed_precision: bool = True, tta: bool = False, tta_views: int = 3, name=""
+        cls,
+        checkpoint,
+        device="auto",
+        mixed_precision: bool = True,
+        tta: bool = False,
+        tta_views: int = DEFAULT_TTA_VIEWS,
+        name="",
     ):
         """Build from a checkpoint dict or path; `device` is auto | cpu | cuda | cuda:N, bf16/fp16 autocast on CUDA.
         The threshold is the checkpoint's `preprocessing["threshold"]` (THRESHOLD when it has none); `name` names a
@@ -171,7 +178,7 @@ class OnnxPredictor(ImagePredictor):
     preprocessing: dict
     tta: bool = False
     threshold: float | None = None
-    tta_views: int = 3
+    tta_views: int = DEFAULT_TTA_VIEWS
     device: torch.device = field(default=torch.device("cpu"), init=False)
     memory_format: torch.memory_format = field(default=torch.contiguous_format, init=False)
 
@@ -182,7 +189,7 @@ class OnnxPredictor(ImagePredictor):
         self.fixed_batch = fixed_batch_size(model_input.shape, self.preprocessing["image_size"])
 
     @classmethod
-    def from_file(cls, path, tta: bool = False, threads: int = 0, tta_views: int = 3):
+    def from_file(cls, path, tta: bool = False, threads: int = 0, tta_views: int = DEFAULT_TTA_VIEWS):
         """Open an exported model on ONNX Runtime's CPU provider (`threads` 0: its default, one per core)."""
         onnxruntime = import_export_package("onnxruntime")
         path = Path(path)
@@ -259,13 +266,17 @@ class EnsemblePredictor(ImagePredictor):
         return {"images_per_second": 1000 / ms_per_image, "ms_per_image": ms_per_image, "members": each}
 
 
-def load_predictor(names: list[str], device="auto", mixed_precision: bool = True, tta: bool = False, tta_views=3):
+def load_predictor(
+    names: list[str], device="auto", mixed_precision: bool = True, tta: bool = False, tta_views=DEFAULT_TTA_VIEWS
+):
     """The predictor of the checkpoint files and sweep folders of folds named (see model.checkpoint.load_members):
     `load_predictor(["a.pth", "b.pth"], tta=True)` is the ensemble of two, `load_predictor(["a.pth"])` one model."""
     return predictor_of(load_members(names), device, mixed_precision, tta, tta_views)
 
 
-def predictor_of(members: list[Member], device="auto", mixed_precision: bool = True, tta: bool = False, tta_views=3):
+def predictor_of(
+    members: list[Member], device="auto", mixed_precision: bool = True, tta: bool = False, tta_views=DEFAULT_TTA_VIEWS
+):
     """A Predictor of one checkpoint, or the EnsemblePredictor of several (each member built by
     Predictor.from_checkpoint)."""
     device = resolve_device(device) if isinstance(device, str) else device
@@ -282,10 +293,10 @@ def onnx_metadata(session, path) -> dict:
     """The JSON values of an exported model's metadata_props, refusing a model that scripts/export.py did not write."""
     metadata = session.get_modelmeta().custom_metadata_map
     try:
-        return {key: json.loads(metadata[key]) for key in ("preprocessing", "model_config")}
+        return {key: json.loads(metadata[key]) for key in ("preprocessing", "builder")}
     except (KeyError, json.JSONDecodeError):
         raise UserError(
-            f"{path} has no preprocessing and model_config metadata; export it with scripts/export.py."
+            f"{path} has no preprocessing and builder metadata; export it with scripts/export.py."
         ) from None
 
 

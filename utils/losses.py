@@ -1,10 +1,16 @@
-"""Segmentation losses on raw logits: BCE, soft Dice and their sum (the loss this repository trains with), PraNet's
-structure loss, and deep supervision over auxiliary outputs."""
+"""Segmentation losses on raw logits, one table LOSSES {LOSS name: function}: BCE + soft Dice (the loss this
+repository trains with), PraNet's structure loss, the focal loss; and deep supervision over auxiliary outputs.
+
+A loss is a function of (logits, targets) whose keyword parameters are settings of scripts/train.py of the same name
+in upper case (`bce_weight` is BCE_WEIGHT): a new loss is a function here, its line in LOSSES and its constants.
+"""
 
 import functools
 
 import torch
 import torch.nn.functional as F
+
+from common.config import keyword_settings
 
 
 def soft_dice_loss(logits: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -45,14 +51,42 @@ def structure_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (weighted_bce + weighted_iou).mean()
 
 
-LOSSES = ("bce_dice", "structure")
+def focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, focal_alpha: float = 0.25, focal_gamma: float = 2.0
+) -> torch.Tensor:
+    """The focal loss (Lin et al., 2017): pixel-wise BCE scaled by (1 - p_t)**focal_gamma, so that pixels already
+    classified well count less, and weighted focal_alpha on polyp pixels, 1 - focal_alpha on background."""
+    logits, targets = logits.float(), targets.float()
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    probability_of_truth = torch.exp(-bce)
+    weights = focal_alpha * targets + (1 - focal_alpha) * (1 - targets)
+    return (weights * (1 - probability_of_truth) ** focal_gamma * bce).mean()
 
 
-def make_loss(name: str, bce_weight: float = 1.0, dice_weight: float = 1.0):
-    """The loss `name` as a function of (logits, targets): "bce_dice" (with its weights) or "structure"."""
-    if name == "structure":
-        return structure_loss
-    return functools.partial(bce_dice_loss, bce_weight=bce_weight, dice_weight=dice_weight)
+def tversky_loss(
+    logits: torch.Tensor, targets: torch.Tensor, tversky_alpha: float = 0.3, tversky_beta: float = 0.7
+) -> torch.Tensor:
+    """1 - Tversky index (Salehi et al., 2017) of sigmoid probabilities per image, TP / (TP + alpha FP + beta FN),
+    smoothed by 1 and averaged over the batch: beta > alpha weighs missed polyp pixels more than false alarms."""
+    probabilities, targets = torch.sigmoid(logits.float()).flatten(1), targets.float().flatten(1)
+    true_positives = (probabilities * targets).sum(dim=1)
+    false_positives, false_negatives = (
+        (probabilities * (1 - targets)).sum(dim=1),
+        ((1 - probabilities) * targets).sum(dim=1),
+    )
+    index = (true_positives + 1) / (
+        true_positives + tversky_alpha * false_positives + tversky_beta * false_negatives + 1
+    )
+    return 1 - index.mean()
+
+
+LOSSES = {"bce_dice": bce_dice_loss, "structure": structure_loss, "focal": focal_loss, "tversky": tversky_loss}
+
+
+def make_loss(name: str, config: dict | None = None):
+    """LOSSES[name] as a function of (logits, targets), its keyword parameters bound to the settings in `config`
+    (their defaults without it)."""
+    return functools.partial(LOSSES[name], **keyword_settings(LOSSES[name], config or {}))
 
 
 def deeply_supervised(loss, auxiliary_weight: float):

@@ -9,8 +9,10 @@ scores Dice 0 and IoU 0.
 
 import torch
 
+THRESHOLD = 0.5  # a pixel is polyp when its probability exceeds this, unless the checkpoint chose another threshold
 
-def binarize(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+
+def binarize(logits: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
     """Boolean mask of pixels whose probability sigmoid(logit) exceeds `threshold`."""
     return torch.sigmoid(logits.float()) > threshold
 

@@ -1,5 +1,5 @@
-"""The training step shared by scripts/train.py and scripts/benchmark.py, with its optimizer, loss scaler,
-learning-rate schedule, compilation and multi-scale resizing, and the estimates of how long a run takes."""
+"""What scripts/train.py's step uses besides the network and the loss: the optimizer, loss scaler, learning-rate
+schedule, compilation and multi-scale resizing; and the estimates of how much memory and time a run takes."""
 
 import copy
 import math
@@ -9,11 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.device import autocast, free_memory_bytes, synchronized_clock
+from common.device import free_memory_bytes, synchronized_clock
 from common.errors import UserError
 
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}  # AdamW decouples weight decay from the step
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # torch.compile modes (or off)
 MULTI_SCALES = (0.75, 1.0, 1.25)  # PraNet's multi-scale training: each batch at one of these times IMAGE_SIZE
 
@@ -26,10 +25,10 @@ def make_optimizer(
     device: torch.device,
     decay_norms_and_biases: bool = True,
 ):
-    """Adam or AdamW over `module`'s parameters; on CUDA the fused version, one kernel per step instead of several
+    """OPTIMIZERS[name] over `module`'s parameters; on CUDA the fused version, one kernel per step instead of several
     per parameter. Without `decay_norms_and_biases`, weight decay applies to the convolution weights only: the
     BatchNorm scales and shifts and the biases (every parameter of one dimension) form a group without decay."""
-    optimizer_class = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    optimizer_class = OPTIMIZERS[name]
     parameters = list(module.parameters())
     groups = [{"params": parameters}]
     if not decay_norms_and_biases:
@@ -51,36 +50,17 @@ def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     return model if mode == "off" else torch.compile(model, mode=None if mode == "default" else mode)
 
 
-def training_step(model, images, masks, loss_fn, optimizer, scaler, amp_dtype, grad_clip: float = 0.0):
-    """One forward, backward and optimizer step; returns the detached loss without waiting for the GPU.
-
-    With `grad_clip` > 0 the gradients' global norm is clipped to it first (on the unscaled gradients).
-    """
-    with autocast(images.device, amp_dtype):
-        outputs = model(images)
-    loss = loss_fn(outputs, masks)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip:
-        scaler.unscale_(optimizer)
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(parameters, grad_clip, foreach=True)
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach()
-
-
-def least_step_bytes(batch_size: int, image_size: int, base_channels: int) -> int:
+def least_step_bytes(batch_size: int, image_size: int, parameters: int) -> int:
     """A lower bound of the memory of one training step, far below the real need: the float32 input and mask, and
-    the first U-Net level's activations kept for the backward pass (two convolutions, each with its batch norm and
-    ReLU: four maps of base_channels channels at full size)."""
-    return batch_size * image_size**2 * 4 * (3 + 1 + 4 * base_channels)
+    the network's float32 weights, gradients and AdamW's two moments."""
+    return batch_size * image_size**2 * 4 * (3 + 1) + 4 * 4 * parameters
 
 
-def check_step_memory(config: dict, device: torch.device, processes: int) -> None:
+def check_step_memory(network: torch.nn.Module, config: dict, device: torch.device, processes: int) -> None:
     """Refuse, before any data is read or cached, an IMAGE_SIZE and BATCH_SIZE (shared among `processes`) whose
-    training step could not fit in the device's free memory even by a lower bound of its need (least_step_bytes)."""
-    need = least_step_bytes(config["BATCH_SIZE"] // processes, config["IMAGE_SIZE"], config["BASE_CHANNELS"])
+    training step of `network` could not fit in the device's free memory even by a lower bound of its need
+    (least_step_bytes)."""
+    need = least_step_bytes(config["BATCH_SIZE"] // processes, config["IMAGE_SIZE"], parameter_count(network))
     free = free_memory_bytes(device)
     if free is not None and need > free:
         raise UserError(
@@ -88,6 +68,11 @@ def check_step_memory(config: dict, device: torch.device, processes: int) -> Non
             f" {need / 2**30:.1f} GiB for one training step, and {device} has {free / 2**30:.1f} GiB free; lower"
             " --image-size or --batch-size."
         )
+
+
+def parameter_count(network: torch.nn.Module) -> int:
+    """How many numbers the network learns."""
+    return sum(parameter.numel() for parameter in network.parameters())
 
 
 def multi_scale_size(image_size: int, seed: int, step: int, multiple: int = 32) -> int:
@@ -106,20 +91,18 @@ def resize_batch(images: torch.Tensor, masks: torch.Tensor, size: int) -> tuple[
     return resized, resized_masks.to(masks.dtype)  # interpolate keeps the images' memory format
 
 
-def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate for a step: linear warm-up, then constant or cosine decay to zero."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "cosine":
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+def cosine(progress: float) -> float:
+    """Cosine decay from 1 at the warm-up's end to 0 at the run's end (`progress` 0 to 1)."""
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def constant(progress: float) -> float:
+    """The peak learning rate throughout."""
     return 1.0
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, learning_rate: float) -> None:
-    """Use `learning_rate` for the next step: the schedule is a function of the step, so resuming needs no state."""
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate
+# Each SCHEDULE: the learning rate after warm-up, as a fraction of LEARNING_RATE, of the share of those steps done.
+SCHEDULES = {"constant": constant, "cosine": cosine}
 
 
 def learning_rate_stride(steps_per_epoch: int, points: int = 20) -> int:
@@ -195,9 +178,12 @@ class TimeEstimate:
         return synchronized_clock(self.device) if synchronized else time.perf_counter()
 
 
-def gpu_sized_on_a_cpu(device: torch.device, image_size: int, base_channels: int) -> bool:
-    """True for a GPU-sized run (the default image size and width, or larger) on a CPU: days of training."""
-    return device.type == "cpu" and image_size**2 * base_channels >= 256**2 * 64
+GPU_SIZED = 256**2 * 31_000_000  # image side squared times parameters of the default U-Net (256 px, 31 M)
+
+
+def gpu_sized_on_a_cpu(device: torch.device, image_size: int, network: torch.nn.Module) -> bool:
+    """True for a GPU-sized run (the default U-Net at the default image size, or larger) on a CPU: days of training."""
+    return device.type == "cpu" and image_size**2 * parameter_count(network) >= GPU_SIZED
 
 
 def probed_seconds(module: torch.nn.Module, image_size: int, batch_size: int, steps: int) -> float:

@@ -12,25 +12,24 @@ from common.config import flag_name
 from common.errors import UserError
 from dataset.sources import DataRecord
 from model.checkpoint import cpu_state, load_checkpoint, model_checkpoint, save_checkpoint
-from model.unet import UNet
 
 
 @dataclass
 class Training:
-    """What the optimisation changes: the U-Net; the module trained (the U-Net itself, or with DEEP_SUPERVISION the
-    U-Net wrapped with auxiliary heads); the moving average of the U-Net's weights (or None); the optimizer and the
-    loss scaler."""
+    """What the optimisation changes: the network; the module trained (the network itself, or with
+    DEEP_SUPERVISION the network wrapped with auxiliary heads); the moving average of the network's weights (or
+    None); the optimizer and the loss scaler."""
 
-    unet: UNet
+    network: torch.nn.Module
     trained: torch.nn.Module
     ema: AveragedModel | None
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
 
     @property
-    def evaluated(self) -> UNet:
+    def evaluated(self) -> torch.nn.Module:
         """The weights that are validated, shown in the panels and saved as the best model."""
-        return self.ema.module if self.ema else self.unet
+        return self.ema.module if self.ema else self.network
 
 
 @dataclass
@@ -61,10 +60,10 @@ def save_training_state(path: Path, training: Training, progress: Progress, reco
     """Write everything needed to continue exactly at `progress` (the start of its next step) to `path` (last.pth),
     in the format model/checkpoint.py describes."""
     metrics = progress.history[-1] if progress.history else {}
-    state = model_checkpoint(training.unet, config["IMAGE_SIZE"], progress.epoch, metrics, record, config)
+    state = model_checkpoint(training.network, config["IMAGE_SIZE"], progress.epoch, metrics, record, config)
     if training.ema:
         state["ema_state"] = cpu_state(training.ema)
-    if training.trained is not training.unet:
+    if training.trained is not training.network:
         state["auxiliary_heads_state"] = cpu_state(training.trained.heads)
     state.update(
         step=progress.epoch_step,
@@ -81,10 +80,10 @@ def save_training_state(path: Path, training: Training, progress: Progress, reco
 
 def restore_training(state: dict, training: Training) -> None:
     """Load a state written by `save_training_state` into `training`, and the random state it was saved with."""
-    training.unet.load_state_dict(state["model_state"])
+    training.network.load_state_dict(state["model_state"])
     if training.ema:
         training.ema.load_state_dict(state["ema_state"])
-    if training.trained is not training.unet:
+    if training.trained is not training.network:
         training.trained.heads.load_state_dict(state["auxiliary_heads_state"])
     training.optimizer.load_state_dict(state["optimizer_state"])
     training.scaler.load_state_dict(state["scaler_state"])
@@ -101,11 +100,13 @@ def restored_progress(state: dict, steps_per_epoch: int, device: torch.device) -
         state["step_losses"].to(device),
         state["history"],
         state["best_dice"],
-        state.get("learning_rates", []),  # absent from states saved before it was recorded
+        state["learning_rates"],
     )
 
 
-RESUMABLE_KEYS = ("step", "step_losses", "history", "best_dice", "optimizer_state", "scaler_state", "rng_state")
+RESUMABLE_KEYS = (
+    "step", "step_losses", "history", "best_dice", "learning_rates", "optimizer_state", "scaler_state", "rng_state",
+)  # fmt: skip
 
 
 def load_training_state(path: Path) -> dict:

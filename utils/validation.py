@@ -4,12 +4,12 @@ probability threshold on the validation images."""
 import torch
 
 from common.device import autocast
-from utils.metrics import binarize, confusion_counts, scores_from_counts
+from utils.metrics import THRESHOLD, binarize, confusion_counts, scores_from_counts
 
 
 @torch.inference_mode()
 def validate(model, loader, loss_fn, device: torch.device, amp_dtype=None) -> dict[str, float]:
-    """Per-image Dice and IoU of predictions thresholded at probability 0.5, averaged over all images,
+    """Per-image Dice and IoU of predictions thresholded at probability THRESHOLD, averaged over all images,
     and the loss averaged over images. Puts the model in eval mode."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)
@@ -32,7 +32,7 @@ THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.30, 0.35, ..
 def choose_threshold(model, batches, device: torch.device, amp_dtype=None) -> tuple[float, dict[float, float]]:
     """The probability threshold among THRESHOLDS with the best per-image validation Dice, and the Dice of each.
 
-    0.5 is kept unless another threshold scores strictly higher, so a threshold is only moved when it wins.
+    THRESHOLD is kept unless another threshold scores strictly higher, so a threshold is only moved when it wins.
     """
     model.eval()
     totals = torch.zeros(len(THRESHOLDS), dtype=torch.float64, device=device)
@@ -45,5 +45,5 @@ def choose_threshold(model, batches, device: torch.device, amp_dtype=None) -> tu
             totals[index] += scores_from_counts(counts)["dice"].sum()
         count += len(images)
     dice = dict(zip(THRESHOLDS, (totals / max(count, 1)).tolist(), strict=True))
-    best = max(THRESHOLDS, key=lambda threshold: (dice[threshold], threshold == 0.5))
+    best = max(THRESHOLDS, key=lambda threshold: (dice[threshold], threshold == THRESHOLD))
     return best, dice

@@ -8,9 +8,8 @@ import pytest
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from tests.scripts import load_script
-from tests.train_runs import error_line, read_events, train_in_process
+from tests.train_runs import error_line, read_events, train_in_process, train_script
 from utils.tensorboard_log import SCALARS, event_files, events_folder
-from utils.training import learning_rate_factor
 
 sweep = load_script("sweep")
 MISSING = (
@@ -52,7 +51,8 @@ def test_learning_rate_is_logged_as_it_ran_through_the_warm_up(warmed_up_run):
     total = 10 * steps_per_epoch
     rates = events.Scalars("learning_rate")
     assert [event.step for event in rates] == list(range(1, total + 1))  # under 20 steps an epoch: every step
-    expected = [1e-3 * learning_rate_factor(step - 1, steps_per_epoch, total, "cosine") for step in range(1, total + 1)]
+    config = {"EPOCHS": 10, "WARMUP_EPOCHS": 1, "LEARNING_RATE": 1e-3, "SCHEDULE": "cosine"}
+    expected = [train_script.get_lr(step - 1, steps_per_epoch, config) for step in range(1, total + 1)]
     assert [event.value for event in rates] == pytest.approx(expected, rel=1e-6)
     warm_up = [event.value for event in rates[:steps_per_epoch]]
     assert warm_up == sorted(warm_up) and warm_up[0] < warm_up[-1] == pytest.approx(1e-3)  # a ramp within epoch 1

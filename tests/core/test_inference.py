@@ -7,12 +7,16 @@ import numpy as np
 import pytest
 import torch
 
+from common.config import script_constant
 from common.errors import UserError
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from model import UNet, load_checkpoint
 from tests.checkpoints import save_untrained_checkpoint
+from tests.scripts import REPO
 from utils.inference import (
+    DEFAULT_TTA_VIEWS,
     THRESHOLD,
+    TTA_VIEWS,
     OnnxPredictor,
     Predictor,
     inference_batch_size,
@@ -61,7 +65,7 @@ def test_probabilities_and_masks_come_back_at_each_image_size(tta):
 def test_tta_averages_the_probabilities_of_the_image_and_its_flips():
     batch = torch.zeros(2, 3, 8, 12)
     plain = Predictor(ColumnRamp(), PREPROCESSING).predict_batch(batch)
-    averaged = Predictor(ColumnRamp(), PREPROCESSING, tta=True).predict_batch(batch)
+    averaged = Predictor(ColumnRamp(), PREPROCESSING, tta=True, tta_views=3).predict_batch(batch)
     # identity p, horizontal flip 1 - p (the ramp reversed), vertical flip p (rows are all equal): mean (1 + p) / 3
     torch.testing.assert_close(averaged, (1 + plain) / 3)
     assert not torch.allclose(averaged, plain)
@@ -156,3 +160,9 @@ def test_overlay_marks_the_mask_and_leaves_the_rest(height, width):
 @pytest.mark.parametrize(("requested", "device", "expected"), [(0, "cuda", 64), (0, "cpu", 8), (5, "cuda", 5)])
 def test_batch_size_zero_picks_one_for_the_device(requested, device, expected):
     assert inference_batch_size(requested, torch.device(device)) == expected
+
+
+def test_one_tta_default_for_the_library_and_the_scripts():
+    for script in ("evaluate", "predict"):
+        assert script_constant(REPO / "scripts" / f"{script}.py", "TTA_VIEWS") == DEFAULT_TTA_VIEWS
+    assert Predictor(FirstChannel(), PREPROCESSING, tta=True).tta_views == DEFAULT_TTA_VIEWS == len(TTA_VIEWS[8])

@@ -46,7 +46,7 @@ def test_training_on_a_read_only_data_folder_reads_the_image_files(kvasir_dir, t
     [
         (None, "nothing to resume: {last} does not exist"),
         (b"not a checkpoint", "{last} is not a readable checkpoint of this repository"),
-        ({"model_state": {}, "model_config": {}}, "{last} is a model checkpoint, not a resumable training state"),
+        ({"model_state": {}, "builder": {}}, "{last} is a model checkpoint, not a resumable training state"),
     ],
     ids=["missing", "corrupt", "model-only"],
 )

@@ -63,7 +63,7 @@ def test_the_onnx_model_has_dynamic_axes_and_its_preprocessing_in_the_metadata(e
     assert {opset.domain: opset.version for opset in model.opset_import}[""] == 18
     metadata = {prop.key: json.loads(prop.value) for prop in model.metadata_props}
     checkpoint = load_checkpoint(checkpoint_path)
-    assert metadata["model_config"] == checkpoint["model_config"]
+    assert metadata["builder"] == checkpoint["builder"]
     assert metadata["preprocessing"] == json.loads(json.dumps(checkpoint["preprocessing"]))
     assert metadata["preprocessing"]["threshold"] == CHOSEN_THRESHOLD
     report = json.loads(json_path.read_text())
@@ -118,7 +118,7 @@ def test_a_failed_check_exits_with_a_message_and_leaves_no_onnx_file(exported, t
     ("arguments", "message"),
     [
         (["--check-sizes", "320by288"], "not WIDTHxHEIGHT"),
-        (["--check-sizes", "320x3"], r"320x3 is below 4 px"),
+        (["--check-sizes", "320x3"], r"320x3 does not fit the network, whose sides are at least 8 px"),
         (["--opset", "17"], "opset 18 and later"),
         (["--tolerance", "-1"], "TOLERANCE must be"),
         (["--output", "SAME"], "OUTPUT is the checkpoint itself"),
@@ -139,7 +139,7 @@ def test_an_onnx_file_without_the_export_metadata_is_refused(tmp_path):
         [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, None)],
     )  # fmt: skip
     onnx.save(onnx.helper.make_model(identity, opset_imports=[onnx.helper.make_opsetid("", 18)]), tmp_path / "x.onnx")
-    with pytest.raises(UserError, match="no preprocessing and model_config metadata"):
+    with pytest.raises(UserError, match="no preprocessing and builder metadata"):
         OnnxPredictor.from_file(tmp_path / "x.onnx")
 
 

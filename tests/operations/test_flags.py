@@ -5,11 +5,15 @@ one used directly (not through the parsed settings) would become a flag that cha
 flags from each script's own --help, then looks in the script's source (with ast) for a read of each setting,
 `config["NAME"]`, in code that uses it: not its definition, a comment or a list of names, nor check_settings,
 which only refuses bad values. A settings dict the script passes to a function of common/, dataset/, model/ or
-utils/ counts as read there, by the name of the parameter that receives it.
+utils/ counts as read there, by the name of the parameter that receives it; settings it hands on inside an object
+(a Run of common/training_ops.py) count as read anywhere in that function's module; and a table's builders (a loss,
+a network) read the settings named by their keyword parameters (common.config.keyword_settings).
 """
 
 import ast
 import contextlib
+import importlib
+import inspect
 import io
 import re
 import sys
@@ -100,6 +104,8 @@ def library_reads(tree: ast.Module, settings_names: set[str]) -> set[str]:
             module, name = modules.get(callee.id), callee.id
         else:
             continue
+        if module and any(isinstance(value, ast.Name) and value.id in HANDED_ON for value in call.args):
+            reads |= module_reads(module)
         function = function_in(module, name) if module else None
         if function is None:
             continue
@@ -109,6 +115,28 @@ def library_reads(tree: ast.Module, settings_names: set[str]) -> set[str]:
         for parameter, value in passed:
             if isinstance(value, ast.Name) and value.id in settings_names:
                 reads |= subscript_reads(function, on=parameter)
+    return reads
+
+
+HANDED_ON = {"run", "defaults", "config"}  # names under which the settings travel into a library module
+
+
+def module_reads(module: str) -> set[str]:
+    """The keys a library module reads as `X["KEY"]` outside check_settings, and the settings its tables' builders
+    take by name (a dict of functions, such as LOSSES or NETWORKS: their keyword parameters in upper case)."""
+    path = REPO / Path(*module.split("."))
+    tree = ast.parse(
+        (path.with_suffix(".py") if path.with_suffix(".py").is_file() else path / "__init__.py").read_text()
+    )
+    reads = set()
+    for function in (node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)):
+        if function.name not in VALIDATION_ONLY:
+            reads |= subscript_reads(function)
+    for table in vars(importlib.import_module(module)).values():
+        if isinstance(table, dict) and table and all(callable(builder) for builder in table.values()):
+            for builder in table.values():
+                with contextlib.suppress(TypeError, ValueError):  # a class or builtin without a signature
+                    reads |= {name.upper() for name in inspect.signature(builder).parameters}
     return reads
 
 

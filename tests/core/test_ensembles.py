@@ -12,11 +12,11 @@ import torch
 from common.errors import UserError
 from dataset.sources import DataRecord, Source, ensemble_record
 from dataset.splits import Split
-from model import build_unet
+from model import build_network
 from model.checkpoint import common_record, data_records, load_checkpoint, load_members, save_checkpoint
 from tests.checkpoints import save_untrained_checkpoint
+from tests.core.test_evaluate import ConstantLogit
 from tests.scripts import load_script
-from tests.test_evaluate import ConstantLogit
 from utils.inference import THRESHOLD, EnsemblePredictor, Predictor, load_predictor
 
 evaluate = load_script("evaluate")
@@ -35,7 +35,9 @@ def images() -> list[np.ndarray]:
 
 def test_an_ensemble_thresholds_the_mean_of_its_members_probabilities_at_each_image_size():
     torch.manual_seed(0)
-    unet = Predictor(build_unet(4, 2).eval(), preprocessing(32), tta=True)  # a real U-Net, flip TTA
+    unet = Predictor(
+        build_network("unet", {"base_channels": 4, "depth": 2}).eval(), preprocessing(32), tta=True
+    )  # a real U-Net, flip TTA
     bright = Predictor(ConstantLogit(1.5), preprocessing(48), tta=True)  # another training size
     ensemble = EnsemblePredictor([unet, bright], ["unet", "bright"])
     inputs = images()

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.losses import bce_dice_loss, deeply_supervised, make_loss, soft_dice_loss, structure_loss
+from utils.losses import LOSSES, bce_dice_loss, deeply_supervised, focal_loss, make_loss, soft_dice_loss, structure_loss
 
 
 def test_soft_dice_hand_computed():
@@ -68,4 +68,31 @@ def test_deep_supervision_adds_the_weighted_mean_of_the_auxiliary_losses():
     loss = make_loss("bce_dice")
     expected = loss(logits, targets) + 0.4 * (loss(auxiliary[0], targets) + loss(auxiliary[1], targets)) / 2
     assert deeply_supervised(loss, 0.4)((logits, auxiliary), targets).item() == pytest.approx(expected.item())
-    assert make_loss("structure") is structure_loss
+    assert make_loss("structure").func is structure_loss
+
+
+def test_a_loss_takes_its_settings_by_name():
+    logits, targets = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    weighted = make_loss("bce_dice", {"BCE_WEIGHT": 0.0, "DICE_WEIGHT": 2.0, "FOCAL_GAMMA": 9.0})
+    assert weighted(logits, targets).item() == pytest.approx(2 * soft_dice_loss(logits, targets).item())
+    assert make_loss("focal", {"FOCAL_ALPHA": 0.5, "FOCAL_GAMMA": 0.0}).keywords == {
+        "focal_alpha": 0.5,
+        "focal_gamma": 0.0,
+    }
+
+
+def test_the_focal_loss_is_weighted_bce_that_down_weights_easy_pixels():
+    logits, targets = torch.tensor([[[[4.0, -4.0, 0.0]]]]), torch.tensor([[[[1.0, 0.0, 1.0]]]])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    assert focal_loss(logits, targets, focal_alpha=0.5, focal_gamma=0.0).item() == pytest.approx(0.5 * bce.item())
+    easy, hard = focal_loss(logits[..., :1], targets[..., :1]), focal_loss(logits[..., 2:], targets[..., 2:])
+    assert easy < 1e-3 * hard
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_every_loss_is_near_zero_for_a_confident_right_answer_and_differentiable(name):
+    targets = (torch.rand(2, 1, 32, 32) > 0.5).float()
+    logits = ((targets * 2 - 1) * 20).requires_grad_()
+    loss = make_loss(name)(logits, targets)
+    loss.backward()
+    assert loss.item() == pytest.approx(0, abs=0.02) and logits.grad is not None

@@ -12,9 +12,10 @@ import torch
 from dataset.kvasir import prepare_kvasir_seg
 from dataset.splits import make_split
 from dataset.synthetic import make_kvasir_folder
-from model import build_unet
+from model import build_network, load_model
 from tests.scripts import REPO, run_script
 from tests.train_runs import TINY, error_line, read_history, run_in_process, train, train_in_process
+from utils.losses import LOSSES
 from utils.training import probed_seconds
 from utils.validation import THRESHOLDS
 
@@ -35,7 +36,7 @@ def test_run_writes_checkpoint_panels_and_history(trained):
     history = read_history(run / "history.csv")
     assert [row["epoch"] for row in history] == ["1", "2", "3"]
     checkpoint = torch.load(run / "best.pth", weights_only=True)
-    assert checkpoint["model_config"] == {"in_channels": 3, "out_channels": 1, "base_channels": 4, "depth": 2}
+    assert checkpoint["builder"] == {"name": "unet", "kwargs": {"base_channels": 4, "depth": 2}}
     assert checkpoint["preprocessing"]["image_size"] == 32
     best = max(history, key=lambda row: float(row["val_dice"]))
     assert checkpoint["epoch"] == int(best["epoch"])
@@ -114,7 +115,10 @@ def test_bad_setting_is_refused_by_the_script_before_any_work(tmp_path):
         (["--image-size", "4"], "IMAGE_SIZE must be at least 8"),
         (["--augmentation", "wild"], "AUGMENTATION must be one of"),
         (["--threads", "-1"], "THREADS must be >= 0"),
-        (["--image-size", "16", "--depth", "4"], "IMAGE_SIZE must be at least 32 for a U-Net of DEPTH 4"),
+        (
+            ["--image-size", "16", "--depth", "4"],
+            "IMAGE_SIZE must be at least 32 for MODEL unet (base_channels 4, depth 4)",
+        ),
         (["--bce-weight", "inf"], "BCE_WEIGHT and DICE_WEIGHT must be finite"),
         (["--dice-weight", "-1"], "BCE_WEIGHT and DICE_WEIGHT must be finite, >= 0"),
         (["--device", "cuda"], "DEVICE='cuda' but no CUDA GPU is visible"),
@@ -124,7 +128,8 @@ def test_bad_setting_is_refused_by_the_script_before_any_work(tmp_path):
         (["--save-every=-1"], "SAVE_EVERY must be >= 0 seconds"),
         (["--stop-check-steps", "0"], "STOP_CHECK_STEPS must be at least 1"),
         (["--grad-clip", "nan"], "GRAD_CLIP must be >= 0"),
-        (["--loss", "focal"], "LOSS must be one of bce_dice, structure"),
+        (["--loss", "wild"], f"LOSS must be one of {', '.join(LOSSES)}"),
+        (["--loss", "focal", "--focal-gamma", "inf"], "FOCAL_ALPHA, FOCAL_GAMMA (LOSS focal) must be finite numbers"),
         (["--folds", "1"], "FOLDS 1 gives no cross-validation"),
         (["--folds", "5", "--fold", "5"], "FOLD 5 is not a fold of FOLDS 5; give 0 to 4."),
         (["--fold", "2"], "FOLD 2 is not a fold of FOLDS 0"),
@@ -238,7 +243,9 @@ def test_every_lever_trains_and_leaves_a_plain_unet_with_its_threshold(kvasir_di
     history = read_history(tmp_path / "run" / "history.csv")
     assert float(history[-1]["train_loss"]) < float(history[0]["train_loss"])  # it learns
     checkpoint = torch.load(tmp_path / "run" / "best.pth", weights_only=True)
-    assert set(checkpoint["model_state"]) == set(build_unet(4, 2).state_dict())  # no auxiliary heads kept
+    assert set(checkpoint["model_state"]) == set(
+        build_network("unet", {"base_channels": 4, "depth": 2}).state_dict()
+    )  # no auxiliary heads kept
     assert checkpoint["preprocessing"]["threshold"] in THRESHOLDS and "threshold" in stdout
     assert "auxiliary_heads_state" in torch.load(tmp_path / "run" / "last.pth", weights_only=True)
 
@@ -287,7 +294,7 @@ def test_the_full_recipe_on_a_cpu_is_announced_with_the_quick_alternative(tmp_pa
     full_size = ["--image-size", "256", "--base-channels", "64", "--depth", "4"]  # after TINY: the defaults again
     status, stdout, _ = train_in_process(tmp_path, *full_size, "--data-url", "http://127.0.0.1:9/kvasir-seg.zip")
     assert status == 2  # stopped by the download; the note came first, before any data or training
-    assert "note: this is the full GPU-sized recipe (256 px, base width 64, 100 epochs) on a CPU" in stdout
+    assert "note: this is the full GPU-sized recipe (256 px, 31.04 M parameters, 100 epochs) on a CPU" in stdout
     assert "python scripts/train.py configs/cpu_quick.py" in stdout
 
 
@@ -308,9 +315,20 @@ def test_after_a_stopped_full_run_the_quick_recipe_runs_in_its_own_folder(kvasir
 
 def test_the_time_probe_leaves_the_weights_statistics_and_random_state_alone():
     torch.manual_seed(0)
-    model = build_unet(4, 2)
+    model = build_network("unet", {"base_channels": 4, "depth": 2})
     before, random_state = {k: v.clone() for k, v in model.state_dict().items()}, torch.get_rng_state()
     seconds = probed_seconds(model, image_size=32, batch_size=4, steps=10)
     assert seconds > 0
     assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
     assert torch.equal(torch.get_rng_state(), random_state) and all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_swapping_the_network_is_one_setting(kvasir_dir, tmp_path):
+    status, _, stderr = train_in_process(
+        tmp_path, "--model", "smp_unet", "--encoder", "resnet18", "--image-size", "64", "--epochs", "1"
+    )
+    assert status == 0, stderr[-2000:]
+    checkpoint = torch.load(tmp_path / "run" / "best.pth", weights_only=True)
+    assert checkpoint["builder"] == {"name": "smp_unet", "kwargs": {"encoder": "resnet18"}}
+    assert load_model(tmp_path / "run" / "best.pth")(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)

@@ -1,18 +1,18 @@
-"""utils/training.py and utils/validation.py: schedule, multi-scale resizing, gradient clipping, threshold choice."""
+"""utils/training.py, utils/validation.py and train.py's get_lr: optimizers, schedule, multi-scale resizing,
+threshold choice."""
 
 import pytest
 import torch
 
 from model import UNet
-from utils.losses import bce_dice_loss
+from tests.train_runs import train_script
 from utils.training import (
+    SCHEDULES,
     TimeEstimate,
     format_duration,
-    learning_rate_factor,
     make_optimizer,
     multi_scale_size,
     resize_batch,
-    training_step,
 )
 from utils.validation import THRESHOLDS, choose_threshold
 
@@ -36,10 +36,12 @@ def test_weight_decay_leaves_norms_and_biases_alone_when_asked(decay_norms_and_b
 
 
 def test_schedule_warms_up_then_decays_to_zero():
-    factors = [learning_rate_factor(step, 10, 100, "cosine") for step in range(100)]
-    assert factors[:10] == pytest.approx([(step + 1) / 10 for step in range(10)])
-    assert factors[10] == 1.0 and factors[55] == pytest.approx(0.5) and factors[-1] == pytest.approx(0.0, abs=1e-3)
-    assert learning_rate_factor(50, 10, 100, "constant") == 1.0
+    config = {"EPOCHS": 10, "WARMUP_EPOCHS": 1, "LEARNING_RATE": 1.0, "SCHEDULE": "cosine"}  # 10 steps an epoch
+    rates = [train_script.get_lr(step, 10, config) for step in range(100)]
+    assert rates[:10] == pytest.approx([(step + 1) / 10 for step in range(10)])
+    assert rates[10] == 1.0 and rates[55] == pytest.approx(0.5) and rates[-1] == pytest.approx(0.0, abs=1e-3)
+    assert train_script.get_lr(50, 10, {**config, "SCHEDULE": "constant"}) == 1.0
+    assert set(SCHEDULES) == set(train_script.CHOICES["SCHEDULE"])
 
 
 @pytest.mark.parametrize("image_size", [256, 352])
@@ -58,21 +60,6 @@ def test_resized_masks_stay_binary_and_images_keep_their_layout():
     assert resized.shape == (2, 3, 64, 64) and resized.is_contiguous(memory_format=torch.channels_last)
     assert resized_masks.shape == (2, 1, 64, 64) and set(resized_masks.unique().tolist()) <= {0.0, 1.0}
     assert resize_batch(images, masks, 32)[0] is images
-
-
-def test_gradient_clipping_bounds_the_update():
-    torch.manual_seed(0)
-    steps = {}
-    for clip in (0.0, 1e-3):
-        torch.manual_seed(0)
-        model = torch.nn.Conv2d(3, 1, 3, padding=1)
-        before = model.weight.detach().clone()
-        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        images, masks = torch.randn(2, 3, 8, 8) * 10, torch.ones(2, 1, 8, 8)
-        training_step(model, images, masks, bce_dice_loss, optimizer, scaler, None, grad_clip=clip)
-        steps[clip] = (model.weight.detach() - before).norm().item()
-    assert steps[1e-3] <= 1e-3 * 1.0001 < steps[0.0]
 
 
 class FixedProbabilities(torch.nn.Module):
