@@ -30,7 +30,8 @@ from common.run_folder import check_output_paths, locked_run_folder
 from common.signals import StopRequest
 from common.train_settings import RECIPE_FREE, RESUME_MAY_CHANGE
 from dataset.training_data import TrainingData
-from model import load_checkpoint, model_from_checkpoint, save_checkpoint
+from model import load_checkpoint, save_checkpoint
+from utils.inference import Predictor, inference_batch_size
 from utils.metrics import THRESHOLD, binarize
 from utils.tensorboard_log import TensorBoardLog, events_folder
 from utils.training import (
@@ -320,11 +321,12 @@ def finish(run: Run, ops: Operations, started: float) -> int:
 
 
 def choose_and_save_threshold(run: Run, data: TrainingData) -> float:
-    """Pick the probability threshold with the best validation Dice for the best model, and store it in its
-    checkpoint, where evaluate.py, predict.py and the notebook read it."""
+    """Pick the probability threshold with the best validation Dice for the best model, scored as evaluate.py scores
+    (each image at its own size, DEFAULT_TTA_VIEWS-view TTA), and store it in its checkpoint, where evaluate.py,
+    predict.py and the notebook read it."""
     checkpoint = load_checkpoint(run.checkpoint_path)
-    model = model_from_checkpoint(checkpoint).to(run.device, memory_format=run.memory_format)
-    threshold, dice = choose_threshold(model, data.val_batches, run.device, run.amp_dtype)
+    predictor = Predictor.from_checkpoint(checkpoint, run.device, run.amp_dtype is not None, tta=True)
+    threshold, dice = choose_threshold(predictor, data.val_pairs, inference_batch_size(0, run.device))
     checkpoint["preprocessing"]["threshold"] = threshold
     checkpoint["metrics"]["val_dice_by_threshold"] = dice
     save_checkpoint(run.checkpoint_path, checkpoint)

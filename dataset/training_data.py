@@ -30,7 +30,8 @@ from dataset.splits import Split, copies_of_test
 
 @dataclass
 class TrainingData:
-    """The batches of one run: an augmented stream over all its remaining epochs, the validation batches (kept on
+    """The batches of one run: an augmented stream over all its remaining epochs, the validation pairs (id, image,
+    mask: THRESHOLD_SEARCH scores them at full size) and their batches at the training size (kept on
     the device, as they never change), the fixed validation images its panels show (with their ids and their
     original height / width), and the record of its data."""
 
@@ -38,6 +39,7 @@ class TrainingData:
     steps_per_epoch: int
     train_loader: DataLoader
     val_batches: list[tuple[torch.Tensor, torch.Tensor]]
+    val_pairs: list[tuple[str, Path, Path]]
     panel_images: torch.Tensor
     panel_masks: torch.Tensor
     panel_ids: list[str]
@@ -105,6 +107,7 @@ def prepare_data(
         batches.steps_per_epoch,
         loader,
         val_batches,
+        val_set.pairs,
         torch.stack([image for image, _ in panel_samples]),
         torch.stack([mask for _, mask in panel_samples]),
         [sample_id for sample_id, _, _ in panel_pairs],

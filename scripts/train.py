@@ -83,10 +83,10 @@ FOCAL_GAMMA = 2.0  # focal: how much well-classified pixels are down-weighted, b
 TVERSKY_ALPHA = 0.3  # tversky: weight of false positives
 TVERSKY_BETA = 0.7  # tversky: weight of false negatives (missed polyp pixels)
 DEEP_SUPERVISION = 0.0  # 0: off; else the weight of auxiliary losses on the 2 coarser decoder levels (training only)
-MULTI_SCALE = False  # train each batch at 0.75, 1 or 1.25 x IMAGE_SIZE (seeded per step; validation stays at size)
+MULTI_SCALE = False  # train each batch at about 0.75, 1 or 1.25 x IMAGE_SIZE (seeded per step; validation at size)
 GRAD_CLIP = 0.0  # 0: off; else clip the gradients' global norm to this
 EMA_DECAY = 0.0  # 0: off; else validate and save an exponential moving average of the weights, updated every step
-THRESHOLD_SEARCH = False  # after training, pick the probability threshold (0.3-0.7) with the best validation Dice
+THRESHOLD_SEARCH = False  # after training, pick the threshold (0.3-0.7) with the best validation Dice, full size, TTA
 # Run
 SEED = 42  # seeds the split, initialisation, shuffling and augmentation
 DEVICE = "auto"  # auto (the GPU when there is one) | cpu | cuda | cuda:N
@@ -140,6 +140,8 @@ def main() -> int:
         torch.manual_seed(config["SEED"])
         network = build_network(config["MODEL"], network_kwargs(config["MODEL"], config), config["IMAGE_SIZE"])
         check_fits(run, network)
+        # MULTI_SCALE's other sides: ones that every level of the network halves exactly
+        halving = max(network.size_multiple, network.smallest_input // 2)
         trained = DeepSupervision(network) if config["DEEP_SUPERVISION"] else network
         if run.processes.distributed and device.type == "cuda":  # one BatchNorm over the processes' slices
             trained = torch.nn.SyncBatchNorm.convert_sync_batchnorm(trained)  # swaps the layers inside `network` too
@@ -188,7 +190,7 @@ def main() -> int:
                     images = images.to(device, non_blocking=True, memory_format=memory_format)
                     masks = masks.to(device, non_blocking=True)
                     if config["MULTI_SCALE"]:
-                        size = multi_scale_size(config["IMAGE_SIZE"], config["SEED"], progress.global_step)
+                        size = multi_scale_size(config["IMAGE_SIZE"], config["SEED"], progress.global_step, halving)
                         images, masks = resize_batch(images, masks, size)
                     with autocast(device, amp_dtype):
                         outputs = forward(images)

@@ -75,11 +75,25 @@ def parameter_count(network: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in network.parameters())
 
 
-def multi_scale_size(image_size: int, seed: int, step: int, multiple: int = 32) -> int:
-    """The side of step `step`'s batch in multi-scale training: a seeded choice of MULTI_SCALES x image_size,
-    rounded to a multiple of `multiple`. It depends only on (seed, step), so resuming is exact."""
-    scale = np.random.default_rng([seed, step]).choice(MULTI_SCALES)
-    return max(multiple, round(image_size * scale / multiple) * multiple)
+def multi_scale_sizes(image_size: int, multiple: int) -> tuple[int, ...]:
+    """The sides of multi-scale training: image_size itself, and the other MULTI_SCALES x image_size at the nearest
+    multiple of `multiple` (a side every level of the network halves exactly), each at least one multiple away from
+    image_size, so the scales never collapse into one (64 px, multiple 16: 48, 64, 80)."""
+    sizes = []
+    for scale in MULTI_SCALES:
+        nearest = math.floor(image_size * scale / multiple + 0.5) * multiple
+        if scale < 1:
+            nearest = max(multiple, min(nearest, image_size - multiple))
+        elif scale > 1:
+            nearest = max(nearest, image_size + multiple)
+        sizes.append(image_size if scale == 1 else nearest)
+    return tuple(sizes)
+
+
+def multi_scale_size(image_size: int, seed: int, step: int, multiple: int) -> int:
+    """The side of step `step`'s batch in multi-scale training: a seeded choice among multi_scale_sizes. It depends
+    only on (seed, step), so resuming is exact."""
+    return int(np.random.default_rng([seed, step]).choice(multi_scale_sizes(image_size, multiple)))
 
 
 def resize_batch(images: torch.Tensor, masks: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:

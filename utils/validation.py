@@ -1,9 +1,10 @@
 """The validation pass of training: loss, Dice and IoU at the training size, every epoch; and the choice of the
-probability threshold on the validation images."""
+probability threshold on the validation images, at their own size and with TTA, as they are scored."""
 
 import torch
 
 from common.device import autocast
+from dataset.images import load_pair
 from utils.metrics import THRESHOLD, binarize, confusion_counts, scores_from_counts
 
 
@@ -28,22 +29,24 @@ def validate(model, loader, loss_fn, device: torch.device, amp_dtype=None) -> di
 THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.30, 0.35, ..., 0.70
 
 
-@torch.inference_mode()
-def choose_threshold(model, batches, device: torch.device, amp_dtype=None) -> tuple[float, dict[float, float]]:
-    """The probability threshold among THRESHOLDS with the best per-image validation Dice, and the Dice of each.
+def choose_threshold(predictor, pairs, batch_size: int = 8) -> tuple[float, dict[float, float]]:
+    """The probability threshold among THRESHOLDS with the best per-image Dice on the validation `pairs` (id, image
+    path, mask path), and the Dice of each: scored as evaluate.py scores, through `predictor` (a utils.inference
+    Predictor, with its TTA) at each mask's own size, so the threshold is chosen on what will be reported.
 
     THRESHOLD is kept unless another threshold scores strictly higher, so a threshold is only moved when it wins.
     """
-    model.eval()
-    totals = torch.zeros(len(THRESHOLDS), dtype=torch.float64, device=device)
-    count = 0
-    for images, masks in batches:
-        with autocast(device, amp_dtype):
-            probabilities = torch.sigmoid(model(images.to(device)).float())
-        for index, threshold in enumerate(THRESHOLDS):
-            counts = confusion_counts(probabilities > threshold, masks.to(device))
-            totals[index] += scores_from_counts(counts)["dice"].sum()
-        count += len(images)
-    dice = dict(zip(THRESHOLDS, (totals / max(count, 1)).tolist(), strict=True))
+    totals = torch.zeros(len(THRESHOLDS), dtype=torch.float64)
+    for start in range(0, len(pairs), batch_size):
+        loaded = [load_pair(image, mask) for _, image, mask in pairs[start : start + batch_size]]
+        for probabilities, (_, mask) in zip(
+            predictor.probabilities([image for image, _ in loaded]), loaded, strict=True
+        ):
+            target = torch.from_numpy(mask.astype(bool))[None]
+            for index, threshold in enumerate(THRESHOLDS):
+                totals[index] += scores_from_counts(confusion_counts(probabilities[None] > threshold, target))[
+                    "dice"
+                ].sum()
+    dice = dict(zip(THRESHOLDS, (totals / max(len(pairs), 1)).tolist(), strict=True))
     best = max(THRESHOLDS, key=lambda threshold: (dice[threshold], threshold == THRESHOLD))
     return best, dice

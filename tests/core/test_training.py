@@ -1,6 +1,8 @@
 """utils/training.py, utils/validation.py and train.py's get_lr: optimizers, schedule, multi-scale resizing,
 threshold choice."""
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -44,13 +46,15 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert set(SCHEDULES) == set(train_script.CHOICES["SCHEDULE"])
 
 
-@pytest.mark.parametrize("image_size", [256, 352])
-def test_multi_scale_sizes_are_seeded_multiples_of_32_around_the_size(image_size):
-    sizes = [multi_scale_size(image_size, seed=42, step=step) for step in range(200)]
-    expected = {round(image_size * scale / 32) * 32 for scale in (0.75, 1.0, 1.25)}
-    assert set(sizes) == expected
-    assert sizes == [multi_scale_size(image_size, seed=42, step=step) for step in range(200)]  # resumable
-    assert sizes != [multi_scale_size(image_size, seed=43, step=step) for step in range(200)]
+@pytest.mark.parametrize(
+    ("image_size", "multiple", "expected"),
+    [(256, 16, {192, 256, 320}), (352, 32, {256, 352, 448}), (64, 16, {48, 64, 80}), (96, 16, {80, 96, 128})],
+)
+def test_multi_scale_sizes_are_three_seeded_multiples_around_the_size(image_size, multiple, expected):
+    sizes = [multi_scale_size(image_size, 42, step, multiple) for step in range(200)]
+    assert set(sizes) == expected  # three sizes, never collapsed into one; the others multiples of `multiple`
+    assert sizes == [multi_scale_size(image_size, 42, step, multiple) for step in range(200)]  # resumable
+    assert sizes != [multi_scale_size(image_size, 43, step, multiple) for step in range(200)]
 
 
 def test_resized_masks_stay_binary_and_images_keep_their_layout():
@@ -62,25 +66,35 @@ def test_resized_masks_stay_binary_and_images_keep_their_layout():
     assert resize_batch(images, masks, 32)[0] is images
 
 
-class FixedProbabilities(torch.nn.Module):
-    """Returns the logits of fixed probabilities, whatever the input."""
+class BrightnessPredictor:
+    """Stands in for a utils.inference Predictor: the probability of a pixel is its red level / 255, at the
+    image's own size, so a test controls what each threshold finds."""
 
-    def __init__(self, probabilities: torch.Tensor):
-        super().__init__()
-        self.logits = torch.logit(probabilities)
-
-    def forward(self, x):
-        return self.logits.expand(x.shape[0], -1, -1, -1)
+    def probabilities(self, images):
+        return [torch.from_numpy(image[..., 0] / 255.0) for image in images]
 
 
-def test_threshold_moves_only_when_another_wins_on_validation():
-    masks = torch.zeros(1, 1, 1, 4)
-    masks[..., :2] = 1
-    low = FixedProbabilities(torch.tensor([[[[0.4, 0.4, 0.1, 0.1]]]]))  # the polyp is found only below 0.4
-    threshold, dice = choose_threshold(low, [(torch.zeros(1, 3, 1, 4), masks)], torch.device("cpu"))
+def write_validation_pair(folder, name: str, red: np.ndarray, mask: np.ndarray):
+    """An image whose red channel is `red` and its 0/255 mask, as PNGs; returns the (id, image, mask) pair."""
+    for kind in ("images", "masks"):
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+    image = np.zeros((*red.shape, 3), np.uint8)
+    image[..., 2] = red  # OpenCV writes BGR: the red channel last
+    cv2.imwrite(str(folder / "images" / f"{name}.png"), image)
+    cv2.imwrite(str(folder / "masks" / f"{name}.png"), mask * 255)
+    return name, folder / "images" / f"{name}.png", folder / "masks" / f"{name}.png"
+
+
+def test_threshold_is_chosen_through_the_predictor_at_each_masks_size_and_moves_only_when_it_wins(tmp_path):
+    mask = np.zeros((5, 7), np.uint8)
+    mask[:, :3] = 1
+    low = np.where(mask, 102, 25).astype(np.uint8)  # the polyp at probability 0.4: found only below 0.4
+    pairs = [write_validation_pair(tmp_path / "low", "a", low, mask)]
+    threshold, dice = choose_threshold(BrightnessPredictor(), pairs)
     assert set(dice) == set(THRESHOLDS) and dice[0.35] == 1.0 and dice[0.5] == 0.0 and threshold in (0.3, 0.35)
-    exact = FixedProbabilities(torch.tensor([[[[0.9, 0.9, 0.1, 0.1]]]]))  # every threshold scores 1: keep 0.5
-    assert choose_threshold(exact, [(torch.zeros(1, 3, 1, 4), masks)], torch.device("cpu"))[0] == 0.5
+    exact = np.where(mask, 230, 25).astype(np.uint8)  # every threshold scores 1: keep 0.5
+    pairs = [write_validation_pair(tmp_path / "exact", "b", exact, mask)]
+    assert choose_threshold(BrightnessPredictor(), pairs)[0] == 0.5
 
 
 @pytest.mark.parametrize(
