@@ -24,8 +24,6 @@ from common.config import script_constants
 from common.device import autocast
 from common.distributed import data_parallel
 from common.errors import run_main
-from common.train_settings import read_settings
-from common.training_ops import announce_training, check_fits, finish, locked_outputs, operations, start_run
 from dataset import kvasir
 from dataset.sources import DataRecord
 from dataset.training_data import prepare_data
@@ -33,6 +31,7 @@ from dataset.transforms import AUGMENTATIONS
 from model import NETWORKS, build_network, model_checkpoint, network_kwargs, save_checkpoint
 from model.unet import DeepSupervision
 from utils.losses import LOSSES, deeply_supervised, make_loss
+from utils.train_settings import read_settings
 from utils.training import (
     COMPILE_MODES,
     OPTIMIZERS,
@@ -43,6 +42,7 @@ from utils.training import (
     multi_scale_size,
     resize_batch,
 )
+from utils.training_ops import announce_training, check_fits, finish, locked_outputs, operations, start_run
 from utils.training_state import Progress, Training, restore_training, restored_progress
 from utils.validation import validate
 

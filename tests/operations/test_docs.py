@@ -297,3 +297,17 @@ def test_checkpoint_table_is_the_docstrings():
     assert "\n".join(table) in outputs, "docs/outputs.md must hold model/checkpoint.py's checkpoint table unchanged"
     copies = [page for page in PAGES if "| `model_state` |" in page.read_text(encoding="utf-8")]
     assert copies == [REPO / "docs" / "outputs.md"], f"the checkpoint table is kept in {page_ids(copies)}"
+
+
+def test_imports_run_one_way_as_the_readme_says():
+    """common <- dataset <- model <- utils <- scripts: each folder imports only those to its left."""
+    order = ["common", "dataset", "model", "utils", "scripts"]
+    backwards = []
+    for folder in order:
+        for path in sorted((REPO / folder).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    top = node.module.split(".")[0]
+                    if top in order and order.index(top) > order.index(folder):
+                        backwards.append(f"{folder}/{path.name} imports {node.module}")
+    assert not backwards

@@ -6,7 +6,7 @@ flags from each script's own --help, then looks in the script's source (with ast
 `config["NAME"]`, in code that uses it: not its definition, a comment or a list of names, nor check_settings,
 which only refuses bad values. A settings dict the script passes to a function of common/, dataset/, model/ or
 utils/ counts as read there, by the name of the parameter that receives it; settings it hands on inside an object
-(a Run of common/training_ops.py) count as read anywhere in that function's module; and a table's builders (a loss,
+(a Run of utils/training_ops.py) count as read anywhere in that function's module; and a table's builders (a loss,
 a network) read the settings named by their keyword parameters (common.config.keyword_settings).
 """
 

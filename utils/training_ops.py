@@ -28,12 +28,12 @@ from common.errors import UserError
 from common.files import writable_folder, write_csv_atomic, write_json_atomic
 from common.run_folder import check_output_paths, locked_run_folder
 from common.signals import StopRequest
-from common.train_settings import RECIPE_FREE, RESUME_MAY_CHANGE
 from dataset.training_data import TrainingData
 from model import load_checkpoint, save_checkpoint
 from utils.inference import Predictor, inference_batch_size
 from utils.metrics import THRESHOLD, binarize
 from utils.tensorboard_log import TensorBoardLog, events_folder
+from utils.train_settings import RECIPE_FREE, RESUME_MAY_CHANGE
 from utils.training import (
     TimeEstimate,
     check_step_memory,
