@@ -145,8 +145,8 @@ def carve_validation(
     validation = math.ceil(val_fraction * len(train_ids))  # copy groups: single images mostly
     if not 1 <= validation < free_groups:
         raise UserError(
-            f"VAL_FRACTION {val_fraction} of the {len(train_ids)} training images leaves no image for"
-            f" {'training' if validation else 'validation'}: {describe_free(train_ids, tied, free_groups)}; give a"
+            f"VAL_FRACTION {val_fraction} leaves no image for {'training' if validation else 'validation'}:"
+            f" {describe_free(train_ids, tied, free_groups)}; give a"
             " VAL_FRACTION near 0.1, more images, or check the copy groups (scripts/find_copies.py)."
         )
     rest, val_ids = group_cut(free, validation, seed, groups)

@@ -19,7 +19,10 @@ FLAGS = [
     "--device", "cpu", "--no-show-panels", "--image-size", "32", "--base-channels", "4", "--depth", "2",
     "--batch-size", "4", "--num-workers", "1", "--epochs", "12", "--learning-rate", "3e-3", "--tensorboard",
 ]  # fmt: skip
-TOLERANCE = 0.03  # losses: on the CPU each process normalises its own half batch (no SyncBatchNorm there)
+# losses: on the CPU each process normalises its own half batch (no SyncBatchNorm there), so the two runs drift
+# apart; most on the validation loss of the 3 validation images (0.050 by epoch 12 on the copy-group split, whose 3
+# images differ from the earlier train_test_split's, 0.03 on those)
+TOLERANCE = 0.06
 
 
 def command(data, run, processes: int, *flags) -> list[str]:
