@@ -153,15 +153,22 @@ def test_training_images_are_never_scored_as_held_out_even_renamed_in_another_co
     assert [pair[0] for pair in target.pairs] == record.split.test  # the trained-on dataset: its held-out part
 
 
-@pytest.mark.slow
-def test_script_writes_table_csv_and_json_that_agree(kvasir_dir, tmp_path):
-    checkpoint = save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir)
+def evaluate_with_files(checkpoint, kvasir_dir, tmp_path, tta: str):
+    """evaluate.py on `checkpoint` with TTA `--tta` or `--no-tta`, writing outputs/per_image.csv and summary.json
+    under tmp_path/out; returns the finished process and the two paths, after checking it succeeded."""
     csv_path, json_path = tmp_path / "out" / "per_image.csv", tmp_path / "out" / "summary.json"
     result = run_script(
-        "evaluate", "--checkpoint", checkpoint, "--data-dir", kvasir_dir, "--device", "cpu", "--tta",
+        "evaluate", "--checkpoint", checkpoint, "--data-dir", kvasir_dir, "--device", "cpu", tta,
         "--csv", csv_path, "--json", json_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    return result, csv_path, json_path
+
+
+@pytest.mark.slow
+def test_script_writes_table_csv_and_json_that_agree(kvasir_dir, tmp_path):
+    checkpoint = save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir)
+    result, csv_path, json_path = evaluate_with_files(checkpoint, kvasir_dir, tmp_path, "--tta")
     for text in (
         "held-out test split (seeded)",
         "Dice (per image)",
@@ -231,12 +238,7 @@ def test_test_images_with_a_training_copy_are_scored_and_reported_apart(kvasir_d
     record = DataRecord.from_checkpoint(torch.load(checkpoint, weights_only=True))
     copied = record.split.test[0]
     with_copy_groups(checkpoint, [[copied, record.split.train[0]]])
-    csv_path, json_path = tmp_path / "out" / "per_image.csv", tmp_path / "out" / "summary.json"
-    result = run_script(
-        "evaluate", "--checkpoint", checkpoint, "--data-dir", kvasir_dir, "--device", "cpu", "--no-tta",
-        "--csv", csv_path, "--json", json_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, csv_path, json_path = evaluate_with_files(checkpoint, kvasir_dir, tmp_path, "--no-tta")
     assert f"1 of the 2 images are the same frame as a training image ({copied})" in result.stdout
     assert "all 2" in result.stdout and "no copy in training 1" in result.stdout
     summary = json.loads(json_path.read_text())
