@@ -15,12 +15,26 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+import torch
 
 from dataset.synthetic import make_kvasir_folder, zip_folder
 from tests.scripts import REPO
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+FRESH_THREADS = torch.get_num_threads()  # what a new process computes with
+
+
+@pytest.fixture(autouse=True)
+def fresh_thread_count():
+    """Every test starts on a fresh process's PyTorch thread count: a script run in this process (its THREADS, or
+    evaluate.py's one CPU thread) sets it for the whole process, and sums over one thread and over two round
+    differently, so a later in-process run would differ from a subprocess run in the last bits."""
+    torch.set_num_threads(FRESH_THREADS)
+    yield
+    torch.set_num_threads(FRESH_THREADS)
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ import io
 import subprocess
 import sys
 
-import torch
-
 from common.errors import run_main
 from tests.scripts import REPO, load_script, run_script
 from utils.tensorboard_log import events_folder
@@ -39,18 +37,16 @@ def train_in_process(tmp_path, *flags, name="run") -> tuple[int, str, str]:
 
 def run_in_process(arguments: list[str]) -> tuple[int, str, str]:
     """Run the script's `main` through `run_main` here with these arguments; return (exit status, stdout, stderr).
-    PyTorch's thread count, which a run's THREADS sets for the process, is restored afterwards, so that the next run
-    here computes as a fresh process would (sums over two threads and over one round differently)."""
+    It starts on the thread count a fresh process has (tests/conftest.py restores it after every test), so that it
+    computes as a subprocess run would (sums over two threads and over one round differently)."""
     stdout, stderr = io.StringIO(), io.StringIO()
-    argv, threads = ["train.py", *arguments], torch.get_num_threads()
+    argv = ["train.py", *arguments]
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), _patched_argv(argv):
         try:
             run_main(train_script.main)
             status = 0
         except SystemExit as exit_:
             status = exit_.code
-        finally:
-            torch.set_num_threads(threads)
     return status, stdout.getvalue(), stderr.getvalue()
 
 
