@@ -33,9 +33,9 @@ VOCABULARY = 256  # visual words of the retrieval stage
 CANDIDATES = 8  # most similar images per image that are verified
 RATIO = 0.8  # Lowe's ratio test: a match counts when its best distance is under RATIO x the second best
 RANSAC_PIXELS = 5.0  # a match is an inlier within this many pixels (at FEATURE_SIDE) of the fitted homography
-MIN_INLIERS = 40  # a pair is the same frame with this many inliers (Kvasir-SEG: copies 102-443) ...
+MIN_INLIERS = 40  # a pair is the same frame with this many inliers (Kvasir-SEG: copies 109-436) ...
 CELL = 32  # ... spread over MIN_CELLS squares of CELL pixels (at FEATURE_SIDE) in each image: on-screen text and
-MIN_CELLS = 15  # boxes that many frames share match in 2-9 squares; Kvasir-SEG's copies cover 20-46
+MIN_CELLS = 15  # boxes that many frames share match in 2-11 squares; Kvasir-SEG's copies cover 21-46
 
 
 @dataclass(frozen=True)
