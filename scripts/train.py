@@ -166,7 +166,7 @@ def main() -> int:
             if resumed
             else Progress(1, 0, steps_per_epoch, step_losses=torch.zeros(steps_per_epoch, device=device))
         )
-        announce_training(run, training, steps_per_epoch * config["EPOCHS"])
+        announce_training(run, training, progress)
         # 5. The loss (validation's too) and the module stepped: under torchrun in DistributedDataParallel, with
         # COMPILE compiled, the same weights as `trained`
         loss_fn = make_loss(config["LOSS"], config)

@@ -122,12 +122,18 @@ def check_fits(run: Run, network: torch.nn.Module) -> None:
         )
 
 
-def announce_training(run: Run, training: Training, total_steps: int) -> None:
-    """Print the network's size and the run's steps, and for a GPU-sized run on a CPU its probed training time."""
+def announce_training(run: Run, training: Training, progress: Progress) -> None:
+    """Print the network's size and the steps left to train (of the run's total, when resumed), and for a GPU-sized
+    run on a CPU the probed time those steps take."""
     config = run.config
-    print(f"training {parameter_count(training.network) / 1e6:.2f} M parameters for {total_steps} steps")
+    total_steps = config["EPOCHS"] * progress.steps_per_epoch
+    steps_left = total_steps - progress.global_step
+    steps = f"{steps_left} step{'s' * (steps_left != 1)}"
+    if progress.global_step:
+        steps += f" left of {total_steps} (from epoch {progress.epoch} step {progress.epoch_step})"
+    print(f"training {parameter_count(training.network) / 1e6:.2f} M parameters for {steps}")
     if gpu_sized_on_a_cpu(run.device, config["IMAGE_SIZE"], training.network):
-        seconds = probed_seconds(training.trained, config["IMAGE_SIZE"], config["BATCH_SIZE"], total_steps)
+        seconds = probed_seconds(training.trained, config["IMAGE_SIZE"], config["BATCH_SIZE"], steps_left)
         print(f"estimated time on this CPU: {format_duration(seconds)} (from one step of two images)")
 
 

@@ -275,3 +275,10 @@ with StopRequest(grace=0.5) as stop:
 def test_a_signal_to_a_forked_worker_alone_does_not_stop_the_run():
     result = subprocess.run([sys.executable, "-c", FORKED_WORKER, str(REPO)], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout == "still running; requested: False\n", result.stdout
+
+
+def test_a_resumed_run_announces_the_steps_left_of_its_total(kvasir_dir, tmp_path):
+    status, stdout, _ = train_in_process(tmp_path, "--epochs", "2")
+    assert status == 0 and "training 0.01 M parameters for 6 steps\n" in stdout  # 3 steps an epoch
+    status, stdout, _ = train_in_process(tmp_path, "--resume", "--epochs", "3")
+    assert status == 0 and "training 0.01 M parameters for 3 steps left of 9 (from epoch 3 step 0)\n" in stdout
