@@ -10,6 +10,7 @@ from common.files import exclusive_lock, remove_stale_temporaries, same_paths, w
 
 RUN_FILES = ("last.pth", "history.csv", "summary.json", "curves.png")  # in the output folder, beside panels/
 TENSORBOARD_FOLDER = "tensorboard"  # in the output folder: the TensorBoard event files of utils/tensorboard_log.py
+SETTINGS_FOLDER = "hparams"  # in the TensorBoard folder: the finished run's settings, for the HParams view
 EVENT_FILES = "events.out.tfevents.*"  # the names TensorBoard's writers give their files
 OWN_PATHS = (*RUN_FILES, "train.lock", "panels")  # every path of the output folder; the best model is none of them
 
@@ -22,6 +23,7 @@ def run_files(output_dir: Path, checkpoint_path: Path) -> list[Path]:
         [path for path in candidates if path.is_file()]
         + panels
         + sorted((output_dir / TENSORBOARD_FOLDER).glob(EVENT_FILES))
+        + sorted((output_dir / TENSORBOARD_FOLDER / SETTINGS_FOLDER).glob(EVENT_FILES))
     )
 
 

@@ -73,12 +73,12 @@ def read_history(path):
         return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in csv.DictReader(file)]
 
 
-def read_events(run_folder):
-    """Every TensorBoard event of the run in `run_folder`, as TensorBoard's server loads them (purged steps hidden),
-    with TensorBoard's own reader."""
+def read_events(run_folder, folder=events_folder):
+    """Every TensorBoard event of the run in `run_folder` (in its `folder(run_folder)`: the curves', or
+    settings_folder), as TensorBoard's server loads them (purged steps hidden), with TensorBoard's own reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(events_folder(run_folder)), size_guidance={"scalars": 0, "images": 0})
+    events = EventAccumulator(str(folder(run_folder)), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     return events
 

@@ -2,6 +2,7 @@
 warm-up as it ran, the panels, and the run's settings for the HParams view; the refusals before any work."""
 
 import csv
+import errno
 import sys
 
 import pytest
@@ -9,7 +10,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from tests.scripts import load_script
 from tests.train_runs import error_line, read_events, train_in_process, train_script
-from utils.tensorboard_log import SCALARS, event_files, events_folder
+from utils.tensorboard_log import SCALARS, event_files, events_folder, settings_folder
 
 sweep = load_script("sweep")
 MISSING = (
@@ -67,11 +68,16 @@ def test_panels_are_images_of_their_epochs(warmed_up_run):
     assert sorted(path.name for path in (warmed_up_run / "panels").iterdir()) == ["epoch_005.png", "epoch_010.png"]
 
 
-def test_settings_and_best_scores_are_an_hparams_entry(warmed_up_run):
-    events, history = read_events(warmed_up_run), history_rows(warmed_up_run)
+def hparams_of(run_folder):
+    """The settings of the run in `run_folder` as TensorBoard's HParams view reads them, and their events."""
+    events = read_events(run_folder, settings_folder)
     content = events.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(content)
-    hparams = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info.hparams
+    return HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info.hparams, events
+
+
+def test_settings_and_best_scores_are_an_hparams_entry(warmed_up_run):
+    (hparams, events), history = hparams_of(warmed_up_run), history_rows(warmed_up_run)
     assert hparams["LEARNING_RATE"].number_value == pytest.approx(1e-3) and hparams["EPOCHS"].number_value == 10
     assert hparams["SCHEDULE"].string_value == "cosine" and hparams["DATASETS"].string_value == "kvasir"
     assert "TENSORBOARD" not in hparams and "OUTPUT_DIR" not in hparams  # how the run was carried out: not a recipe
@@ -95,15 +101,21 @@ def test_without_the_package_tensorboard_is_refused_before_any_work(kvasir_dir, 
 def test_an_earlier_runs_events_are_in_the_way_and_overwrite_removes_them(kvasir_dir, tmp_path):
     assert train_in_process(tmp_path, "--epochs", "1", "--tensorboard")[0] == 0
     (earlier,) = event_files(tmp_path / "run")
+    (settings,) = settings_folder(tmp_path / "run").iterdir()
     for name in ("last.pth", "history.csv", "summary.json", "curves.png", "best.pth"):
         (tmp_path / "run" / name).unlink()
     for panel in (tmp_path / "run" / "panels").iterdir():
         panel.unlink()
     status, _, stderr = train_in_process(tmp_path, "--epochs", "1")
-    assert status == 2 and f"an earlier run's files are in the way ({earlier})" in error_line(stderr)
+    assert status == 2 and f"an earlier run's files are in the way ({earlier}, {settings})" in error_line(stderr)
     assert train_in_process(tmp_path, "--epochs", "1", "--tensorboard", "--overwrite")[0] == 0
     (new,) = event_files(tmp_path / "run")
-    assert new != earlier and len(read_events(tmp_path / "run").Scalars("validation/dice")) == 1
+    (new_settings,) = settings_folder(tmp_path / "run").iterdir()
+    assert (
+        new != earlier
+        and new_settings != settings
+        and len(read_events(tmp_path / "run").Scalars("validation/dice")) == 1
+    )
 
 
 def test_a_tensorboard_folder_that_is_a_file_is_refused(kvasir_dir, tmp_path):
@@ -132,3 +144,32 @@ def test_a_resumed_run_hides_what_a_killed_process_wrote_after_its_last_save(kva
     rates = events.Scalars("learning_rate")
     assert [event.step for event in rates] == list(range(1, 3 * steps_per_epoch + 1))
     assert 7.0 not in [event.value for event in rates]
+
+
+def test_a_resumed_runs_hparams_are_the_settings_its_scores_came_from(kvasir_dir, tmp_path):
+    assert train_in_process(tmp_path, "--epochs", "2", "--tensorboard")[0] == 0
+    assert hparams_of(tmp_path / "run")[0]["EPOCHS"].number_value == 2
+    assert train_in_process(tmp_path, "--resume", "--epochs", "4")[0] == 0
+    hparams, events = hparams_of(tmp_path / "run")
+    assert hparams["EPOCHS"].number_value == 4  # not the first ending's 2, beside the 4-epoch run's scores
+    best = max(history_rows(tmp_path / "run"), key=lambda row: float(row["val_dice"]))
+    assert [event.value for event in events.Scalars("best/val_dice")] == pytest.approx([float(best["val_dice"])])
+    assert len(list(settings_folder(tmp_path / "run").iterdir())) == 1
+
+
+@pytest.mark.parametrize("failing", ["close", "flush"], ids=["final-write", "every-write"])
+def test_a_full_disk_under_tensorboard_is_said_and_the_run_still_ends(kvasir_dir, tmp_path, monkeypatch, failing):
+    from torch.utils.tensorboard import SummaryWriter
+
+    def no_space(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SummaryWriter, failing, no_space)
+    status, stdout, stderr = train_in_process(tmp_path, "--epochs", "2", "--tensorboard")
+    assert status == 0, stderr[-2000:]
+    note = (
+        f"note: TensorBoard events could not be written to {events_folder(tmp_path / 'run')} (No space left on"
+        " device); the run goes on without them (history.csv and curves.png hold the same scores)"
+    )
+    assert stdout.count(note) == 1
+    assert (tmp_path / "run" / "summary.json").is_file() and (tmp_path / "run" / "best.pth").is_file()
