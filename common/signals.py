@@ -62,6 +62,9 @@ class StopRequest(SignalHandler):
     def __init__(self, escalate: bool = True, grace: float = GRACE_SECONDS, state_path: Path | None = None):
         self.escalate, self.grace, self.state_path = escalate, grace, state_path
         self.signal_name = None
+        # while set, (what is in progress, save): the watcher calls `save()`, which saves what is done and says where,
+        # before it ends the process (e.g. the epoch's finished training during its validation)
+        self.save_before_exit = None
         self._seen = threading.Event()  # the loop has seen the request: it is saving and stopping by itself
         self._watcher, self._first, self._deadline = None, 0, 0.0  # the watcher's: the first signal, and when
 
@@ -100,17 +103,28 @@ class StopRequest(SignalHandler):
         return max(0.0, self._deadline - time.monotonic())
 
     def _stop_now(self) -> None:
-        """End the process now, saying what the last save kept (the main thread may be anywhere in its work)."""
-        if self.state_path and self.state_path.is_file():
-            age = time.time() - self.state_path.stat().st_mtime
-            kept = f"{self.state_path} keeps the state saved {age:.0f} s before; continue with --resume"
-        else:
-            kept = "no resumable state was saved yet"
+        """End the process now, saying what the last save kept (the main thread may be anywhere in its work); with
+        `save_before_exit` set, after saving what is done."""
+        in_progress, kept = "the step in progress", None
+        if self.save_before_exit:
+            in_progress, save = self.save_before_exit
+            try:
+                kept = save()
+            except Exception as error:  # the last save stays, said below
+                print(f"\ncould not save before stopping ({error})", flush=True)
+        kept = kept or self._last_save()
         name, seconds = signal.Signals(self._first).name, f"{self.grace:g} s"
-        message = f"\n{name}: stopped without the step in progress, which had not ended {seconds} on; {kept}\n"
+        message = f"\n{name}: stopped without {in_progress}, which had not ended {seconds} on; {kept}\n"
         sys.stdout.flush()  # what the run printed so far, then the message, unbuffered
         os.write(1, message.encode())
         os._exit(exit_status(self._first))
+
+    def _last_save(self) -> str:
+        """What `state_path` keeps, for the line the process ends with."""
+        if self.state_path and self.state_path.is_file():
+            age = time.time() - self.state_path.stat().st_mtime
+            return f"{self.state_path} keeps the state saved {age:.0f} s before; continue with --resume"
+        return "no resumable state was saved yet"
 
     @property
     def number(self) -> int:

@@ -4,6 +4,7 @@ every SAVE_EVERY seconds, at the end and on Ctrl-C/SIGTERM, the stop agreed unde
 panels, curves, history.csv and TensorBoard events written in the background, the epoch's timing, and the summary."""
 
 import contextlib
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -150,6 +151,8 @@ class Operations:
         self.start_global_step = progress.global_step
         self.tensorboard = open_tensorboard(run, progress)
         self.stopping = False
+        if self.is_main and not run.config["RESUME"]:  # resumable from the start: a kill -9 before SAVE_EVERY too
+            save_training_state(run.last_path, training, progress, data.record, run.config)
         self.saved_at = time.monotonic()
         self.epoch_started, self.trained_at, self.save_seconds = time.perf_counter(), 0.0, 0.0
 
@@ -179,6 +182,8 @@ class Operations:
             progress.step_losses = mean_over_processes(progress.step_losses, run.processes)
             check_finite(progress, run.checkpoint_path)  # waits for the device to finish the epoch's steps
             self.trained_at = time.perf_counter()
+            if self.is_main and progress.epoch_step == progress.steps_per_epoch:
+                self.stop.save_before_exit = (f"epoch {progress.epoch}'s validation", self.saver(progress))
         elif self.is_main and time.monotonic() - self.saved_at >= config["SAVE_EVERY"]:
             started = time.perf_counter()
             save_training_state(run.last_path, self.training, progress, self.data.record, config)
@@ -191,6 +196,7 @@ class Operations:
         history.csv, the curves and the TensorBoard events, written in the background, and its line; then count
         it. True: a stop was requested."""
         run, progress, config = self.run, self.progress, self.run.config
+        self.stop.save_before_exit = None  # the epoch is validated: from here on `progress` changes
         if self.is_main:
             validated = time.perf_counter()
             epoch, steps = progress.epoch, progress.steps_per_epoch
@@ -214,6 +220,26 @@ class Operations:
         self.epoch_started, self.save_seconds = time.perf_counter(), 0.0
         self.stopping = agreed_stop(self.stop, run.processes, run.device, None, config["STOP_CHECK_STEPS"])
         return self.stopping
+
+    def saver(self, progress: Progress):
+        """A function that saves the resumable state at `progress`, the end of an epoch's training steps, as it is
+        now (the weights do not change while the epoch is validated), and says so; the watcher of a Ctrl-C/SIGTERM
+        calls it when validation has not ended within the grace, so that a resume validates the epoch again rather
+        than training it again."""
+        snapshot = dataclasses.replace(
+            progress, step_losses=progress.step_losses.clone(), history=list(progress.history),
+            learning_rates=list(progress.learning_rates),
+        )  # fmt: skip
+        run, epoch = self.run, progress.epoch
+
+        def save() -> str:
+            save_training_state(run.last_path, self.training, snapshot, self.data.record, run.config)
+            return (
+                f"saved the state after its training steps to {run.last_path}; continue with --resume, which"
+                f" validates epoch {epoch} again"
+            )
+
+        return save
 
     def save_panels(self, epoch: int) -> None:
         """Predict the fixed validation images and save their panels (see panel_figure): drawn by the background

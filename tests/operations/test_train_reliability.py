@@ -282,3 +282,66 @@ def test_a_resumed_run_announces_the_steps_left_of_its_total(kvasir_dir, tmp_pat
     assert status == 0 and "training 0.01 M parameters for 6 steps\n" in stdout  # 3 steps an epoch
     status, stdout, _ = train_in_process(tmp_path, "--resume", "--epochs", "3")
     assert status == 0 and "training 0.01 M parameters for 3 steps left of 9 (from epoch 3 step 0)\n" in stdout
+
+
+# train.py whose validation of epoch `sys.argv[2]` prints "validating" and then does not end for 60 s (as a long
+# validation on a busy CPU), run with the flags after it
+SLOW_VALIDATION = """
+import runpy, sys, time
+sys.path.insert(0, sys.argv[1])
+import utils.validation
+real, slow_epoch, calls = utils.validation.validate, int(sys.argv[2]), []
+def validate(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == slow_epoch:
+        print("validating", flush=True)
+        time.sleep(60)  # a signal's handler runs, but the sleep goes on
+    return real(*args, **kwargs)
+utils.validation.validate = validate
+sys.argv = [sys.argv[1] + "/scripts/train.py", *sys.argv[3:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def stop_during_validation(tmp_path, epoch: int, send, *flags) -> tuple[int, str]:
+    """Start train.py with `flags`, whose validation of `epoch` does not end, `send` it a signal as that begins;
+    return (exit status, stdout)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_VALIDATION, str(REPO), str(epoch), *command_line(tmp_path, *flags)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"},
+    )  # fmt: skip
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line == "validating\n":
+            send(process.pid)
+            break
+    rest, _ = process.communicate(timeout=60)
+    return process.returncode, "".join(lines) + rest
+
+
+@pytest.mark.parametrize(
+    ("epoch", "send", "status", "announced"),
+    [
+        (2, lambda pid: os.kill(pid, signal.SIGINT), 130, "for 3 steps left of 9 (from epoch 2 step 3)"),
+        (1, lambda pid: os.kill(pid, signal.SIGKILL), -signal.SIGKILL, "for 9 steps\n"),
+    ],
+    ids=["ctrl-c-during-validation", "kill-9-before-the-first-save"],
+)
+def test_a_run_stopped_early_or_during_validation_resumes_without_training_again(
+    kvasir_dir, tmp_path, epoch, send, status, announced
+):
+    assert train_in_process(tmp_path, "--epochs", "3", name="reference")[0] == 0
+    exit_status, stdout = stop_during_validation(tmp_path, epoch, send, "--epochs", "3")
+    assert exit_status == status, stdout[-2000:]
+    if status == 130:
+        assert (
+            "SIGINT: stopped without epoch 2's validation, which had not ended 5 s on; saved the state after its"
+            f" training steps to {tmp_path / 'run' / 'last.pth'}; continue with --resume, which validates epoch 2"
+            " again" in stdout
+        )
+    resumed, stdout, stderr = train_in_process(tmp_path, "--resume")  # SAVE_EVERY's 60 s had not passed
+    assert resumed == 0, stderr[-2000:]
+    assert announced in stdout  # epoch 2's training is not done again; a kill -9 resumes from the start
+    assert read_history(tmp_path / "run" / "history.csv") == read_history(tmp_path / "reference" / "history.csv")
