@@ -21,7 +21,7 @@ all the keys below:
 | `digests` | a content digest of every training and validation image: no file copy of one is scored as held out |
 | `copy_groups` | groups of ids of one video frame (dataset/copies.py), each kept on one side of the carve-out |
 | `left_out` | the training images LEAVE_OUT_COPIES left out (the same frame as a test image); empty by default |
-| `config` | every training setting of the run, for the record, with its `RUN_ID` and absolute `RUN_FOLDER` |
+| `config` | every setting of the run, with its `RUN_ID`, absolute `RUN_FOLDER`, `RUN_CHECKPOINT`; a copy's `COPY_OF` |
 | `step`, `step_losses` | last.pth only: the steps done of `epoch`, and the loss of each of them |
 | `history`, `best_dice` | last.pth only: the rows of history.csv so far, and the best validation Dice so far |
 | `learning_rates` | last.pth only: (global step, learning rate) about 20 times per epoch, for the curves |

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from common.config import Settings, flag_name, keyword_settings, parse_settings
 from common.errors import UserError
-from common.run_folder import check_resumed_checkpoint_path
+from common.run_folder import relocated_run
 from dataset.sources import parse_source
 from dataset.splits import check_folds
 from model.networks import check_network, network_kwargs
 from utils.losses import LOSSES
 from utils.tensorboard_log import require_tensorboard
-from utils.training_state import load_training_state
+from utils.training_state import load_training_state, read_run_config
 
 # What --resume may change: how the run is carried out, and EPOCHS (train longer); never the recipe.
 RESUME_MAY_CHANGE = (
@@ -23,7 +23,7 @@ RESUME_MAY_CHANGE = (
     "OVERWRITE", "EPOCHS",
 )  # fmt: skip
 # Settings that leave a run's recipe as it is: RESUME_MAY_CHANGE and what each run records of itself.
-RECIPE_FREE = (*RESUME_MAY_CHANGE, "RECIPES", "RUN_ID", "RUN_FOLDER")
+RECIPE_FREE = (*RESUME_MAY_CHANGE, "RECIPES", "RUN_ID", "RUN_FOLDER", "RUN_CHECKPOINT", "COPY_OF")
 
 
 def read_settings(defaults: dict, script, choices: dict) -> tuple[dict, dict | None]:
@@ -55,7 +55,8 @@ def resumed_settings(state: dict, settings: Settings, defaults: dict) -> dict:
         )
     config = {**saved, **{name: settings.values[name] for name in RESUME_MAY_CHANGE if name in settings.given}}
     config["RESUME"] = True
-    check_resumed_checkpoint_path(saved["CHECKPOINT_PATH"], config["CHECKPOINT_PATH"])
+    given_checkpoint = config["CHECKPOINT_PATH"] if "CHECKPOINT_PATH" in settings.given else None
+    config.update(relocated_run(saved, config["OUTPUT_DIR"], given_checkpoint, read_run_config))
     finished = len(state["history"])
     if config["EPOCHS"] <= finished:
         raise UserError(

@@ -50,6 +50,7 @@ from utils.training_state import (
     Training,
     check_finite,
     describe_earlier_run,
+    read_run_config,
     save_training_state,
 )
 from utils.validation import choose_threshold
@@ -87,7 +88,9 @@ def start_run(config: dict, example: str) -> Run:
     gpu = f" ({torch.cuda.get_device_name(device)}, autocast {amp_dtype})" if device.type == "cuda" else ""
     print(f"device: {device}{gpu}" + (f", {processes.world_size} processes" if processes.distributed else ""))
     output_dir, checkpoint_path = Path(config["OUTPUT_DIR"]), Path(config["CHECKPOINT_PATH"])
-    config["RUN_FOLDER"] = str(output_dir.resolve())  # recorded in its checkpoints: which run a model belongs to
+    # recorded in its checkpoints: which run a model belongs to, and where the run and its model were (see
+    # common/run_folder.py's relocated_run, for a run folder moved or copied)
+    config["RUN_FOLDER"], config["RUN_CHECKPOINT"] = str(output_dir.resolve()), str(checkpoint_path.resolve())
     if processes.is_main:
         check_output_paths(output_dir, checkpoint_path, example=example)
         if config["TENSORBOARD"]:
@@ -105,7 +108,7 @@ def locked_outputs(run: Run, resuming: bool, defaults: dict):
     )
     return locked_run_folder(
         run.output_dir, run.checkpoint_path, resuming, run.config["OVERWRITE"], run.config["RUN_ID"],
-        read_config=lambda path: load_checkpoint(path).get("config", {}), describe=describe,
+        read_config=read_run_config, describe=describe, copy_of=run.config.get("COPY_OF", ()),
     )  # fmt: skip
 
 

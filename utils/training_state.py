@@ -123,6 +123,11 @@ def load_training_state(path: Path) -> dict:
     return state
 
 
+def read_run_config(path: Path) -> dict:
+    """The settings a checkpoint of this repository records (its `config`); a UserError for any other file."""
+    return load_checkpoint(path).get("config", {})
+
+
 def describe_earlier_run(
     last_path: Path, checkpoint_path: Path, defaults: dict, config: dict, recipe_free: tuple[str, ...]
 ) -> str:

@@ -1,12 +1,15 @@
 """A run never destroys what a user made: another run's model, a foreign file at the checkpoint path, a
 recipe file's destructive switch, a second sweep on one folder (troubleshooting rows on run folders)."""
 
+import shutil
+
 import pytest
+import torch
 
 from common.config import read_recipe, script_constants
 from common.errors import UserError
 from tests.scripts import load_script, run_script
-from tests.train_runs import error_line, lock_held_elsewhere, train_in_process, train_script
+from tests.train_runs import TINY, error_line, lock_held_elsewhere, run_in_process, train_in_process, train_script
 
 sweep = load_script("sweep")
 TRAIN_DEFAULTS = script_constants(vars(train_script))
@@ -99,3 +102,111 @@ def test_a_second_sweep_on_one_sweep_dir_is_refused(tmp_path):
     assert result.returncode == 2
     assert f"another run (pid {holder}) is writing {sweep_dir}" in error_line(result.stderr)
     assert "another --sweep-dir" in result.stderr and not (sweep_dir / "a-seed42").exists()
+
+
+def run_with(tmp_path, *flags) -> tuple[int, str, str]:
+    """train.py on the synthetic data with only these paths and flags (no --checkpoint-path unless given)."""
+    fixed = ["--data-dir", str(tmp_path / "data"), "--device", "cpu", "--no-show-panels", *TINY]
+    return run_in_process([*fixed, *flags])
+
+
+def run_id(path) -> str:
+    return torch.load(path, weights_only=True, mmap=True)["config"]["RUN_ID"]
+
+
+@pytest.mark.parametrize("how", ["copy", "move"])
+def test_a_copied_or_moved_run_folder_resumes_with_the_model_inside_it(kvasir_dir, tmp_path, monkeypatch, how):
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed
+    assert run_with(tmp_path, "--epochs", "1", "--output-dir", "a", "--checkpoint-path", "a/best.pth")[0] == 0
+    original = (tmp_path / "a" / "best.pth").read_bytes()
+    (shutil.copytree if how == "copy" else shutil.move)("a", "b")
+    status, stdout, stderr = run_with(tmp_path, "--resume", "--epochs", "2", "--output-dir", "b")
+    assert status == 0, stderr[-2000:]
+    what = (
+        "a copy of the run in {}, resumed as a run of its own" if how == "copy" else "the run started in {}, moved here"
+    )
+    assert f"note: b is {what.format(tmp_path / 'a')}; its best model: b/best.pth\n" in stdout
+    assert "model saved to b/best.pth" in stdout
+    if how == "move":
+        assert not (tmp_path / "a").exists()  # not made again for a model that moved with its run
+        return
+    assert (tmp_path / "a" / "best.pth").read_bytes() == original
+    assert run_id(tmp_path / "b" / "last.pth") != run_id(tmp_path / "a" / "last.pth")  # never passes for the original
+    status, _, stderr = run_with(
+        tmp_path, "--resume", "--epochs", "2", "--output-dir", "b", "--checkpoint-path", "a/best.pth"
+    )
+    assert status == 2 and "--resume keeps the run's best model at b/best.pth" in error_line(stderr)
+    assert (tmp_path / "a" / "best.pth").read_bytes() == original
+    assert run_with(tmp_path, "--resume", "--epochs", "2", "--output-dir", "a")[0] == 0  # the original goes on
+    assert run_with(tmp_path, "--epochs", "1", "--output-dir", "b", "--overwrite")[0] == 0  # the copy's own files
+
+
+def test_a_copy_whose_best_model_lies_outside_its_folder_must_name_its_own(kvasir_dir, tmp_path):
+    models = tmp_path / "models"
+    assert (
+        run_with(
+            tmp_path, "--epochs", "1", "--output-dir", str(tmp_path / "a"), "--checkpoint-path", str(models / "a.pth")
+        )[0]
+        == 0
+    )
+    original = (models / "a.pth").read_bytes()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    status, _, stderr = run_with(tmp_path, "--resume", "--epochs", "2", "--output-dir", str(tmp_path / "b"))
+    assert status == 2 and error_line(stderr) == (
+        f"error: {tmp_path / 'b'} is a copy of the run in {tmp_path / 'a'}, which still holds it, and whose best model"
+        f" {models / 'a.pth'} is that run's; give the copy a --checkpoint-path of its own to resume it."
+    )
+    status, stdout, _ = run_with(tmp_path, "--resume", "--epochs", "2", "--output-dir", str(tmp_path / "b"),
+                                 "--checkpoint-path", str(models / "b.pth"))  # fmt: skip
+    assert status == 0 and f"its best model: {models / 'b.pth'}" in stdout
+    assert (models / "a.pth").read_bytes() == original
+
+
+@pytest.mark.parametrize("way", ["symlink", "relative-from-elsewhere"])
+def test_a_run_resumed_by_another_path_to_its_folder_stays_itself(kvasir_dir, tmp_path, monkeypatch, way):
+    monkeypatch.chdir(tmp_path)
+    assert run_with(tmp_path, "--epochs", "1", "--output-dir", "a", "--checkpoint-path", "models/a.pth")[0] == 0
+    (tmp_path / "elsewhere").mkdir()
+    if way == "symlink":
+        (tmp_path / "link").symlink_to(tmp_path / "a")
+        output_dir = "link"
+    else:
+        monkeypatch.chdir(tmp_path / "elsewhere")  # where models/a.pth would be another file
+        output_dir = str(tmp_path / "a")
+    status, stdout, stderr = run_with(tmp_path, "--resume", "--epochs", "2", "--output-dir", output_dir)
+    assert status == 0, stderr[-2000:]
+    assert "note:" not in stdout and run_id(tmp_path / "a" / "last.pth") == run_id(tmp_path / "models" / "a.pth")
+    assert not (tmp_path / "elsewhere" / "models").exists()
+
+
+def test_overwrite_never_replaces_the_model_of_a_run_that_moved_away(kvasir_dir, tmp_path):
+    paths = ["--output-dir", str(tmp_path / "a"), "--checkpoint-path", str(tmp_path / "models" / "a.pth")]
+    assert run_with(tmp_path, "--epochs", "1", *paths)[0] == 0
+    original = (tmp_path / "models" / "a.pth").read_bytes()
+    shutil.move(tmp_path / "a", tmp_path / "a2")
+    status, _, stderr = run_with(tmp_path, "--epochs", "1", "--overwrite", *paths)
+    assert status == 2 and error_line(stderr) == (
+        f"error: CHECKPOINT_PATH {tmp_path / 'models' / 'a.pth'} is the best model of the run started in"
+        f" {tmp_path / 'a'}, which that folder no longer holds (moved, copied or deleted); it is not replaced, even"
+        f" with --overwrite. Give this run its own --checkpoint-path, or delete {tmp_path / 'models' / 'a.pth'}"
+        " yourself if that run is gone."
+    )
+    assert (tmp_path / "models" / "a.pth").read_bytes() == original
+
+
+@pytest.mark.parametrize("folder", ["tensorboard", "panels"])
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+def test_a_linked_events_or_panels_folder_holding_files_is_never_cleared(kvasir_dir, tmp_path, folder, overwrite):
+    assert train_in_process(tmp_path, "--epochs", "1", "--tensorboard", name="a")[0] == 0
+    shared = tmp_path / "a" / folder
+    before = {path: path.read_bytes() for path in shared.iterdir() if path.is_file()}
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / folder).symlink_to(shared)  # one events folder for every run, say
+    status, _, stderr = train_in_process(tmp_path, "--epochs", "1", "--tensorboard", *overwrite, name="b")
+    line = error_line(stderr)
+    assert status == 2 and line == (
+        f"error: OUTPUT_DIR's {folder} folder {tmp_path / 'b' / folder} is a link to {shared}, which holds files"
+        " that may be other runs' and that this run would replace; a run replaces only files of its own folder,"
+        " even with --overwrite. Give this run another --output-dir, or make that a folder of its own."
+    )
+    assert {path: path.read_bytes() for path in shared.iterdir() if path.is_file()} == before
