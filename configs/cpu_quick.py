@@ -1,6 +1,7 @@
 """The quick run for a laptop CPU: the default recipe, small (64 x 64 images, base width 16) and short (5 epochs),
-to see the whole pipeline work in about a minute rather than days; it writes into its own run folder, so that a
-stopped full run in outputs/ never blocks it:
+to see the whole pipeline work in about a minute rather than days; it writes into its own run folder,
+outputs/cpu_quick/, with its best model (outputs/cpu_quick/best.pth), so that it never blocks nor is blocked by a
+full run in outputs/ and models/:
 
     python scripts/train.py configs/cpu_quick.py
 
@@ -15,4 +16,4 @@ EPOCHS = 5
 WARMUP_EPOCHS = 1
 THREADS = 1
 NUM_WORKERS = 0
-OUTPUT_DIR = "outputs/cpu_quick"
+NAME = "cpu_quick"

@@ -83,7 +83,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     """Load a checkpoint dict safely, with a clear error for a missing or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; train one with `python scripts/train.py` or pass its path.")
+        raise UserError(
+            f"checkpoint {path} not found; train one with `python scripts/train.py` or pass its path (a run given a"
+            " NAME, as configs/cpu_quick.py is, keeps its best model in outputs/NAME/best.pth)."
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:  # torch's own advice here is to load it unsafely: never repeated

@@ -3,6 +3,7 @@
     python scripts/train.py                              # the defaults below: the best recipe measured
     python scripts/train.py configs/cpu_quick.py         # about a minute on an idle 2-core CPU
     python scripts/train.py configs/seed.py --epochs 3   # a recipe file, then flags on top of it
+    python scripts/train.py --name wide --base-channels 96  # a run of its own: outputs/wide/ and outputs/wide/best.pth
     python scripts/train.py --resume                     # continue a stopped run from OUTPUT_DIR/last.pth
     python scripts/train.py --resume --epochs 150        # ... or train a finished one for longer
 
@@ -99,6 +100,7 @@ SHOW_PANELS = True  # also open the panels in a window when matplotlib has an in
 TENSORBOARD = False  # also write TensorBoard events to OUTPUT_DIR/tensorboard/ (needs requirements-tensorboard.txt)
 SAVE_EVERY = 60.0  # seconds between saves of the resumable state (also saved at the end and on Ctrl-C/SIGTERM)
 STOP_CHECK_STEPS = 10  # under torchrun, processes agree every this many steps whether a Ctrl-C/SIGTERM came
+NAME = ""  # a name for the run: its files go to outputs/NAME/, its best model to outputs/NAME/best.pth ("": as below)
 OUTPUT_DIR = "outputs"  # history.csv, curves.png, panels/, last.pth (the resumable state), summary.json
 CHECKPOINT_PATH = "models/unet_kvasirseg.pth"  # the best model by validation Dice
 RESUME = False  # continue the run saved in OUTPUT_DIR/last.pth, with its recipe

@@ -3,6 +3,7 @@ saved run's recipe, which only the flags of RESUME_MAY_CHANGE may alter; and the
 values before any work starts, naming the setting."""
 
 import math
+import re
 import secrets
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from utils.training_state import load_training_state, read_run_config
 RESUME_MAY_CHANGE = (
     "DATA_DIR", "DATA_URL", "CACHE", "NUM_WORKERS", "DEVICE", "COMPILE", "THREADS", "PANEL_EVERY", "PANEL_IMAGES",
     "SHOW_PANELS", "TENSORBOARD", "SAVE_EVERY", "STOP_CHECK_STEPS", "OUTPUT_DIR", "CHECKPOINT_PATH", "RESUME",
-    "OVERWRITE", "EPOCHS",
+    "OVERWRITE", "EPOCHS", "NAME",
 )  # fmt: skip
 # Settings that leave a run's recipe as it is: RESUME_MAY_CHANGE and what each run records of itself.
 RECIPE_FREE = (*RESUME_MAY_CHANGE, "RECIPES", "RUN_ID", "RUN_FOLDER", "RUN_CHECKPOINT", "COPY_OF")
@@ -30,6 +31,7 @@ def read_settings(defaults: dict, script, choices: dict) -> tuple[dict, dict | N
     """The run's settings (`defaults`, the script's constants, then recipe files, then flags), checked, and with
     --resume the saved state it continues, whose recipe it keeps."""
     settings = parse_settings(defaults, script, choices=choices, recipes=True)
+    named_paths(settings, defaults["OUTPUT_DIR"])
     config = {**settings.values, "RECIPES": settings.recipes, "RUN_ID": secrets.token_hex(8)}  # RUN_ID: whose model
     state = None
     if config["RESUME"]:
@@ -37,6 +39,28 @@ def read_settings(defaults: dict, script, choices: dict) -> tuple[dict, dict | N
         config = resumed_settings(state, settings, defaults)
     check_settings(config, choices)
     return config, state
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # one plain folder name: no '/', '..', spaces
+
+
+def named_paths(settings: Settings, outputs: str) -> None:
+    """With NAME, the run's paths unless given: OUTPUT_DIR = `outputs`/NAME and CHECKPOINT_PATH = OUTPUT_DIR/best.pth,
+    so that runs of different names never share a file; with --resume only OUTPUT_DIR (the run keeps its model's
+    path). A NAME that is no plain folder name is refused."""
+    values, name = settings.values, settings.values["NAME"]
+    if "NAME" not in settings.given:
+        return
+    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise UserError(
+            f"NAME {name!r} is not a plain folder name; give letters, digits, '.', '_' or '-' (at most 100, starting"
+            " with a letter or digit; no '/', '..' or spaces), e.g. --name cpu_quick."
+        )
+    if "OUTPUT_DIR" not in settings.given:
+        values["OUTPUT_DIR"] = str(Path(outputs) / name)
+        settings.given.add("OUTPUT_DIR")
+    if "CHECKPOINT_PATH" not in settings.given and not values["RESUME"]:
+        values["CHECKPOINT_PATH"] = str(Path(values["OUTPUT_DIR"]) / "best.pth")
 
 
 def resumed_settings(state: dict, settings: Settings, defaults: dict) -> dict:

@@ -8,7 +8,7 @@ import torch
 
 from common.config import read_recipe, script_constants
 from common.errors import UserError
-from tests.scripts import load_script, run_script
+from tests.scripts import REPO, load_script, run_script
 from tests.train_runs import TINY, error_line, lock_held_elsewhere, run_in_process, train_in_process, train_script
 
 sweep = load_script("sweep")
@@ -210,3 +210,40 @@ def test_a_linked_events_or_panels_folder_holding_files_is_never_cleared(kvasir_
         " even with --overwrite. Give this run another --output-dir, or make that a folder of its own."
     )
     assert {path: path.read_bytes() for path in shared.iterdir() if path.is_file()} == before
+
+
+def test_a_named_run_keeps_its_own_folder_and_model_and_resumes_by_name(kvasir_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default paths, as a new user has them
+    status, stdout, stderr = run_with(tmp_path, "--name", "quick", "--epochs", "1")
+    assert status == 0, stderr[-2000:]
+    assert "model saved to outputs/quick/best.pth" in stdout and (tmp_path / "outputs" / "quick" / "last.pth").is_file()
+    assert not (tmp_path / "models").exists()
+    assert run_with(tmp_path, "--epochs", "1")[0] == 0  # the plain run beside it: models/unet_kvasirseg.pth, outputs/
+    status, stdout, _ = run_with(tmp_path, "--resume", "--name", "quick", "--epochs", "2")
+    assert (
+        status == 0
+        and "resuming outputs/quick at epoch 2" in stdout
+        and "model saved to outputs/quick/best.pth" in stdout
+    )
+    status, stdout, _ = run_with(tmp_path, "--name", "other", "--output-dir", "mine", "--epochs", "1")
+    assert status == 0 and "model saved to mine/best.pth" in stdout  # an explicit path wins
+
+
+def test_the_quick_recipe_a_plain_run_and_the_tensorboard_command_never_block_each_other(
+    kvasir_dir, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    quick = [str(REPO / "configs" / "cpu_quick.py"), "--epochs", "1"]
+    assert run_with(tmp_path, *quick)[0] == 0
+    assert (tmp_path / "outputs" / "cpu_quick" / "best.pth").is_file() and not (tmp_path / "models").exists()
+    assert run_with(tmp_path, "--epochs", "1")[0] == 0  # python scripts/train.py
+    assert run_with(tmp_path, *quick, "--name", "quick_tensorboard", "--tensorboard")[0] == 0  # docs/outputs.md's
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", "../x", "a b", ".hidden", "x" * 101, "/abs", "a\\b", "é"])
+def test_a_name_that_is_no_plain_folder_name_is_refused(tmp_path, name):
+    status, _, stderr = run_with(tmp_path, "--name", name)
+    assert status == 2 and error_line(stderr) == (
+        f"error: NAME {name!r} is not a plain folder name; give letters, digits, '.', '_' or '-' (at most 100,"
+        " starting with a letter or digit; no '/', '..' or spaces), e.g. --name cpu_quick."
+    )
