@@ -199,7 +199,6 @@ class Operations:
         history.csv, the curves and the TensorBoard events, written in the background, and its line; then count
         it. True: a stop was requested."""
         run, progress, config = self.run, self.progress, self.run.config
-        self.stop.save_before_exit = None  # the epoch is validated: from here on `progress` changes
         if self.is_main:
             validated = time.perf_counter()
             epoch, steps = progress.epoch, progress.steps_per_epoch
@@ -222,13 +221,14 @@ class Operations:
         progress.epoch += 1
         self.epoch_started, self.save_seconds = time.perf_counter(), 0.0
         self.stopping = agreed_stop(self.stop, run.processes, run.device, None, config["STOP_CHECK_STEPS"])
+        self.stop.save_before_exit = None  # the next step changes the weights
         return self.stopping
 
     def saver(self, progress: Progress):
         """A function that saves the resumable state at `progress`, the end of an epoch's training steps, as it is
-        now (the weights do not change while the epoch is validated), and says so; the watcher of a Ctrl-C/SIGTERM
-        calls it when validation has not ended within the grace, so that a resume validates the epoch again rather
-        than training it again."""
+        now (the weights do not change while the epoch is validated and recorded, until the next step), and says so;
+        the watcher of a Ctrl-C/SIGTERM calls it when validation (or the panels) has not ended within the grace, so
+        that a resume validates the epoch again rather than training it again."""
         snapshot = dataclasses.replace(
             progress, step_losses=progress.step_losses.clone(), history=list(progress.history),
             learning_rates=list(progress.learning_rates),
