@@ -155,6 +155,9 @@ def test_export_refuses_an_ensemble_in_one_line(kvasir_dir, tmp_path):
         with pytest.raises(UserError, match="export.py writes one model per ONNX file, not the ensemble"):
             export.single_checkpoint(names)
     assert export.single_checkpoint([str(folder / "fold0" / "best.pth")]) == str(folder / "fold0" / "best.pth")
+    shutil.rmtree(folder / "fold1")  # a folder of one run: its model, not an ensemble
+    with pytest.raises(UserError, match=r"folds2 is a folder holding one run; export the model of that run by its"):
+        export.single_checkpoint([str(folder)])
 
 
 def test_the_evaluation_report_names_the_members_and_the_threshold():
