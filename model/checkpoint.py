@@ -32,17 +32,19 @@ all the keys below:
 | `auxiliary_heads_state` | last.pth only, with DEEP_SUPERVISION > 0: the auxiliary heads of deep supervision |
 """
 
+import hashlib
 import inspect
 import math
 import pickle
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from common.config import literal_constants
-from common.errors import UserError
-from common.files import atomic_path
+from common.errors import UserError, first_few
+from common.files import atomic_path, lock_holder
 from common.records import (
     Malformed,
     described,
@@ -304,7 +306,8 @@ class Member:
 
 def load_members(names: list[str]) -> list[Member]:
     """The checkpoints named: files, or folders of a sweep's folds (see fold_checkpoints); refuses a file named
-    twice and, for a folder, a partition it does not hold every fold of."""
+    twice or weights given twice (a copy, or two runs that ended identical), and for a folder a mix of partitions or
+    a partition it does not hold every fold of."""
     members = []
     for name in names:
         path = Path(name)
@@ -312,14 +315,30 @@ def load_members(names: list[str]) -> list[Member]:
             members.append(Member(path, load_checkpoint(path)))
             continue
         folds = [Member(file, load_checkpoint(file)) for file in fold_checkpoints(path)]
-        check_fold_coverage(path, folds)
+        check_one_partition(path, folds)
         members += folds
-    seen = set()
+    seen, weights = set(), {}
     for member in members:
         if member.path.resolve() in seen:
             raise UserError(f"checkpoint {member.path} is named twice; an ensemble takes each member once.")
         seen.add(member.path.resolve())
+        first = weights.setdefault(weights_digest(member.checkpoint["model_state"]), member.path)
+        if first != member.path:
+            raise UserError(
+                f"{first} and {member.path} hold the same weights (a copy, or two runs that ended identical), so an"
+                " ensemble would count one model twice; name only one of them."
+            )
     return members
+
+
+def weights_digest(state: dict) -> str:
+    """A digest of a state dict's names and tensor contents: equal for the same weights in any file."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{list(state[name].shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def data_records(members: list[Member]) -> list[DataRecord]:
@@ -335,7 +354,8 @@ def common_record(records: list[DataRecord]) -> DataRecord:
 
 def fold_checkpoints(folder: Path) -> list[Path]:
     """The best.pth of each subfolder of `folder` (as a sweep with FOLDS writes RECIPE-seedS-foldsN/foldK/), each
-    from a finished run (summary.json beside it), refusing a folder that holds none or an unfinished run."""
+    from a finished run, refusing a folder that holds none or a run that is not finished (see unfinished_reason),
+    by name: its best.pth may still change."""
     runs = sorted(
         sub for sub in folder.iterdir() if sub.is_dir() and (any(sub.glob("*.pth")) or (sub / "run.log").exists())
     )
@@ -344,27 +364,75 @@ def fold_checkpoints(folder: Path) -> list[Path]:
             f"{folder} holds no run folders with a best.pth (a sweep with --folds writes"
             " RECIPE-seedS-foldsN/fold0/best.pth, ...); give checkpoint files or such a folder."
         )
-    unfinished = [run for run in runs if not (run / "best.pth").is_file() or not (run / "summary.json").is_file()]
-    if unfinished:
-        raise UserError(
-            f"{unfinished[0]} holds no finished run (a best.pth with its summary.json); finish it (run the sweep"
-            " again), or name the checkpoint files to use."
-        )
+    for run in runs:
+        reason = unfinished_reason(run)
+        if reason:
+            raise UserError(
+                f"{run} {reason}; finish it (run the sweep again, or wait for it), or name the checkpoint files to"
+                " use, which are taken as they are."
+            )
     return [run / "best.pth" for run in runs]
 
 
-def check_fold_coverage(folder: Path, members: list[Member]) -> None:
-    """Refuse a folder of folds that lacks some folds of its partition, or holds one twice (the members all record
-    the same FOLDS, and each its own FOLD)."""
-    splits = [member.checkpoint.get("split") for member in members]
-    recorded = [split.get("folds", 0) if isinstance(split, dict) else 0 for split in splits]
-    if not recorded[0] or len(set(recorded)) > 1:
-        return  # not the folds of one partition: the members are used as they are
-    folds = sorted(split.get("fold", 0) for split in splits)
-    if folds != list(range(recorded[0])):
-        missing = sorted(set(range(recorded[0])) - set(folds))
+def unfinished_reason(run: Path) -> str | None:
+    """Why the run in folder `run` is not finished (None when it is): no best.pth with its summary.json, a process
+    training it (holding its train.lock), or a last.pth written after its summary.json (resumed since it ended)."""
+    summary, last = run / "summary.json", run / "last.pth"
+    if not (run / "best.pth").is_file() or not summary.is_file():
+        return "holds no finished run (a best.pth with its summary.json)"
+    holder = lock_holder(run / "train.lock")
+    if holder:
+        return f"is still training (process {holder} holds its train.lock)"
+    if last.is_file() and last.stat().st_mtime > summary.stat().st_mtime:
+        return "was resumed after it finished and has not finished again (its last.pth is newer than its summary.json)"
+    return None
+
+
+def check_one_partition(folder: Path, members: list[Member]) -> None:
+    """Refuse a folder of folds that mixes carve-out runs (FOLDS 0) with folds, or folds of different partitions
+    (another FOLDS, SEED, data or split), naming the odd members; or that lacks some folds of its partition, or
+    holds one twice. A folder of carve-out runs alone (several seeds, say) is used as it is."""
+    folds = [member.checkpoint.get("split", {}).get("folds", 0) for member in members]
+    carve_outs = [member.path for member, count in zip(members, folds, strict=True) if not count]
+    if len(carve_outs) == len(members):
+        return
+    if carve_outs:
         raise UserError(
-            f"{folder} holds folds {', '.join(map(str, folds))} of a {recorded[0]}-fold partition (missing:"
+            f"{folder} holds carve-out run(s) (FOLDS 0) beside the folds of a cross-validation:"
+            f" {first_few(carve_outs)}; an ensemble of a folder is the folds of one partition. Move those out, or name"
+            " the checkpoint files to use."
+        )
+    partitions = [partition(member) for member in members]
+    usual = Counter(map(repr, partitions)).most_common(1)[0][0]
+    odd = [index for index, value in enumerate(partitions) if repr(value) != usual]
+    if odd:
+        expected = next(value for value in partitions if repr(value) == usual)
+        differs = [name for name in expected if partitions[odd[0]][name] != expected[name]]
+        raise UserError(
+            f"{folder} mixes folds of different partitions: {first_few(members[index].path for index in odd)}"
+            f" differ{'s' * (len(odd) == 1)} from the other {len(members) - len(odd)} in {', '.join(differs)}; an"
+            " ensemble of a folder is the folds of one partition. Move the odd run(s) out, or name the checkpoint"
+            " files to use."
+        )
+    count = folds[0]
+    fold_numbers = sorted(member.checkpoint["split"].get("fold", 0) for member in members)
+    if fold_numbers != list(range(count)):
+        missing = sorted(set(range(count)) - set(fold_numbers))
+        raise UserError(
+            f"{folder} holds folds {', '.join(map(str, fold_numbers))} of a {count}-fold partition (missing:"
             f" {', '.join(map(str, missing)) or 'none, but one twice'}); train the rest (run the sweep again), or"
             " name the checkpoint files to use."
         )
+
+
+def partition(member: Member) -> dict:
+    """What makes the folds of one partition one: FOLDS, SEED, the datasets, the images split into folds and the
+    test images."""
+    split = member.checkpoint["split"]
+    return {
+        "FOLDS": split.get("folds", 0),
+        "SEED": member.checkpoint.get("config", {}).get("SEED"),
+        "datasets": member.checkpoint.get("datasets"),
+        "the images split into folds": sorted(split["train"] + split["val"]),
+        "the test images": sorted(split["test"]),
+    }
