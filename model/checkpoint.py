@@ -195,7 +195,7 @@ def describe_bad_preprocessing(preprocessing) -> str | None:
         return "it needs image_size, mean and std"
     unknown = set(preprocessing) - {"image_size", "mean", "std", "threshold"}
     if unknown:
-        return f"{str(sorted(map(str, unknown))[0])[:40]!r} is not one of its fields"
+        return f"{sorted(map(str, unknown))[0][:40]!r} is not one of its fields"
     threshold = preprocessing.get("threshold", 0.5)
     if type(threshold) not in (int, float) or not 0 < threshold < 1:
         return f"threshold is {described(threshold)}, not a number between 0 and 1"
