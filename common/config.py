@@ -9,6 +9,7 @@ block of constants as the block's heading in `--help`. A recipe file
 
 import argparse
 import ast
+import contextlib
 import inspect
 import io
 import tokenize
@@ -194,10 +195,22 @@ def recipe_constants(path) -> list[tuple[str, object, int]]:
 
 def script_constant(script, name: str):
     """The literal value of the top-level constant `name` in a script's source (parsed, not run: no imports)."""
+    constants = literal_constants(script)
+    if name not in constants:
+        raise KeyError(f"{script} has no constant {name}")
+    return constants[name]
+
+
+def literal_constants(script) -> dict:
+    """The top-level UPPER_CASE constants of a script's source whose values are literals, parsed, not run (a value
+    taken from another module is left out)."""
+    constants = {}
     for node in ast.parse(Path(script).read_text()).body:
-        if isinstance(node, ast.Assign) and [getattr(target, "id", None) for target in node.targets] == [name]:
-            return ast.literal_eval(node.value)
-    raise KeyError(f"{script} has no constant {name}")
+        names = [getattr(target, "id", "") for target in getattr(node, "targets", [])]
+        if isinstance(node, ast.Assign) and len(names) == 1 and names[0].isupper():
+            with contextlib.suppress(ValueError):  # not a literal
+                constants[names[0]] = ast.literal_eval(node.value)
+    return constants
 
 
 def coerce(value, default, where: str):

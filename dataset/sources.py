@@ -180,37 +180,19 @@ class DataRecord:
         }
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: dict) -> "DataRecord":
-        """The record of a checkpoint, refusing one whose record is damaged or lacks the copy groups (written before
-        they were recorded: retrain it)."""
-        split = Split.from_checkpoint(checkpoint)
-        datasets, digests = checkpoint.get("datasets"), checkpoint.get("digests")
-        groups, left_out = checkpoint.get("copy_groups"), checkpoint.get("left_out", [])
+    def from_checkpoint(cls, checkpoint: dict, source: str = "the checkpoint") -> "DataRecord":
+        """The record of a checkpoint (whose fields model/checkpoint.py's load_checkpoint checked), refusing one that
+        lacks it, or lacks the copy groups (written before they were recorded: retrain it); `source` names it."""
+        split = Split.from_checkpoint(checkpoint, source)
         if "copy_groups" not in checkpoint:
             raise UserError(
-                "the checkpoint records no copy groups (it was written before same-frame copies were recorded), so"
-                " its test images cannot be told apart from its training images' copies; train it again."
+                f"{source} records no copy groups (no copy_groups: it was written before same-frame copies were"
+                " recorded), so its test images cannot be told apart from its training images' copies; train it again."
             )
-        valid = (
-            is_list_of(datasets, dict)
-            and all(set(source) <= set(Source.__dataclass_fields__) and "name" in source for source in datasets)
-            and isinstance(digests, dict)
-            and all(isinstance(key, str) and isinstance(value, str) for key, value in digests.items())
-            and is_list_of(groups, list)
-            and all(is_list_of(group, str) for group in groups)
-            and is_list_of(left_out, str)
-        )
-        if not valid:
-            raise UserError(
-                "the checkpoint's data record (datasets, digests, copy_groups, left_out) is damaged or not of"
-                " scripts/train.py; use a checkpoint that train.py wrote."
-            )
-        return cls([Source(**source) for source in datasets], split, digests, groups, left_out)
-
-
-def is_list_of(value, kind) -> bool:
-    """Whether `value` is a list whose items are all of type `kind`."""
-    return isinstance(value, list) and all(isinstance(item, kind) for item in value)
+        if "datasets" not in checkpoint or "digests" not in checkpoint:
+            raise UserError(f"{source} records a split but not the datasets and digests of its images; train it again.")
+        datasets = [Source(**source) for source in checkpoint["datasets"]]
+        return cls(datasets, split, checkpoint["digests"], checkpoint["copy_groups"], checkpoint.get("left_out", []))
 
 
 KVASIR_COPIES = SPLIT_DIR / "kvasir_copies.txt"  # Kvasir-SEG's copy groups, as scripts/find_copies.py found them

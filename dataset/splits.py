@@ -37,15 +37,15 @@ class Split:
         return asdict(self)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: dict) -> "Split":
-        """The split a checkpoint was trained with, refusing a checkpoint that does not record one."""
-        saved = checkpoint.get("split")
-        parts = ("train", "val", "test")
-        if not isinstance(saved, dict) or not all(isinstance(saved.get(part), list) for part in parts):
+    def from_checkpoint(cls, checkpoint: dict, source: str = "the checkpoint") -> "Split":
+        """The split a checkpoint was trained with (model/checkpoint.py's load_checkpoint checked its fields),
+        refusing a checkpoint that records none; `source` names it."""
+        if "split" not in checkpoint:
             raise UserError(
-                "the checkpoint does not record the ids of its train/val/test split (it predates that, or was not"
-                " written by scripts/train.py); score explicit folders with --images and --masks instead."
+                f"{source} records no train/val/test split (it predates that, or was not written by"
+                " scripts/train.py), so it cannot say which images it never trained on."
             )
+        saved = checkpoint["split"]
         folds, fold = saved.get("folds", 0), saved.get("fold", 0)  # 0, 0: a checkpoint written before folds
         return cls(saved["train"], saved["val"], saved["test"], bool(saved.get("official")), folds, fold)
 

@@ -1,6 +1,7 @@
 """The checkpoint format, described here and nowhere else: a plain dict of tensors and Python values, built by
 `model_checkpoint`, saved atomically and loaded with weights_only=True (nothing in it needs unpickling of arbitrary
-objects), so `torch.load(path, weights_only=True)` reads it too.
+objects), so `torch.load(path, weights_only=True)` reads it too. `load_checkpoint` checks the type of every field below
+(FIELDS) for every reader, refusing a damaged or crafted record naming the file and the field.
 
 A model checkpoint (scripts/train.py's CHECKPOINT_PATH: the best epoch by validation Dice) holds the keys above
 `step`; it never holds the auxiliary heads of deep supervision, so the model stays the plain network. With
@@ -31,16 +32,35 @@ all the keys below:
 | `auxiliary_heads_state` | last.pth only, with DEEP_SUPERVISION > 0: the auxiliary heads of deep supervision |
 """
 
+import hashlib
+import inspect
 import math
 import pickle
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from common.errors import UserError
-from common.files import atomic_path
-from dataset.sources import DataRecord, ensemble_record
+from common.config import literal_constants
+from common.errors import UserError, first_few
+from common.files import atomic_path, lock_holder
+from common.records import (
+    Malformed,
+    described,
+    described_by,
+    dict_of,
+    either,
+    items,
+    like,
+    list_of,
+    number,
+    of_type,
+    record,
+    text,
+    whole,
+)
+from dataset.sources import NAME_PATTERN, DataRecord, Source, ensemble_record
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from model.networks import NETWORKS, build_network
 
@@ -108,21 +128,43 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         )
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
         raise UserError(f"{path} is not a checkpoint of this repository (no {' / '.join(REQUIRED_KEYS)} inside).")
+    check_fields(checkpoint, path)
     return checkpoint
+
+
+RUN_RECORD = ("epoch", "metrics", "datasets", "split", "digests", "copy_groups", "config")  # what a run records
+
+
+def require_fields(checkpoint: dict, path, names) -> None:
+    """Refuse a checkpoint that lacks any of the fields `names` (a record its reader needs whole), naming the file
+    and the field."""
+    missing = [name for name in names if name not in checkpoint]
+    if missing:
+        raise damaged_record(path, ", ".join(missing), "is missing" if len(missing) == 1 else "are missing")
+
+
+def check_fields(checkpoint: dict, path) -> None:
+    """Refuse a checkpoint any of whose fields (FIELDS) is not of its type, naming the file and the field: every
+    reader (evaluate, export, predict, a resumed run, the notebook) gets it through load_checkpoint, so none trusts
+    a damaged or crafted record."""
+    try:
+        FIELDS(checkpoint, "")
+    except Malformed as error:
+        raise damaged_record(path, error.field, error.problem) from None
+
+
+def damaged_record(path, field: str, problem: str) -> UserError:
+    """The error for a checkpoint whose `field` is not as scripts/train.py writes it."""
+    return UserError(
+        f"{path} has a damaged record: its {field} {problem}; it is not a checkpoint as scripts/train.py writes it."
+        " Use a checkpoint that train.py wrote (or train it again)."
+    )
 
 
 def model_from_checkpoint(checkpoint: dict, source="the checkpoint") -> torch.nn.Module:
     """The network of the checkpoint's builder, with its weights, in eval mode, on the CPU."""
-    builder = checkpoint["builder"]
-    problem = describe_bad_builder(builder)
-    if problem:
-        raise UserError(f"{source} has a malformed builder ({problem}); it was not written by scripts/train.py.")
-    try:
-        model = build_network(builder["name"], builder["kwargs"])
-    except TypeError as error:  # keyword arguments the builder does not take
-        raise UserError(
-            f"{source} has a malformed builder ({error}); it was not written by scripts/train.py."
-        ) from None
+    builder = checkpoint["builder"]  # checked by load_checkpoint
+    model = build_network(builder["name"], builder["kwargs"])
     mismatch = describe_mismatch(model.state_dict(), checkpoint["model_state"])
     if mismatch:
         raise UserError(f"{source}'s weights do not fit MODEL {builder['name']} {builder['kwargs']}: {mismatch}.")
@@ -132,28 +174,104 @@ def model_from_checkpoint(checkpoint: dict, source="the checkpoint") -> torch.nn
 
 def describe_bad_builder(builder) -> str | None:
     """Why `builder` cannot rebuild a network (None when it can): not {name: one of NETWORKS, kwargs: a dict}."""
-    if not isinstance(builder, dict) or sorted(builder) != ["kwargs", "name"]:
+    if not isinstance(builder, dict) or set(builder) != {"kwargs", "name"}:
         return "not a dict of name and kwargs"
-    if builder["name"] not in NETWORKS:
-        return f"name {builder['name']!r} is not one of {', '.join(NETWORKS)}"
-    if not isinstance(builder["kwargs"], dict):
-        return f"kwargs is a {type(builder['kwargs']).__name__}, not a dict"
+    name, kwargs = builder["name"], builder["kwargs"]
+    if not isinstance(name, str) or name not in NETWORKS:
+        return f"name {name!r} is not one of {', '.join(NETWORKS)}"
+    if not isinstance(kwargs, dict):
+        return f"kwargs is {described(kwargs)}, not a dict"
+    parameters = inspect.signature(NETWORKS[name]).parameters
+    for key, value in kwargs.items():
+        if key not in parameters:
+            return f"MODEL {name} takes no {str(key)[:40]!r}"
+        default = parameters[key].default
+        if default is not inspect.Parameter.empty and type(value) is not type(default):
+            return f"{key} is {described(value)}, not a {type(default).__name__}"
     return None
 
 
 def describe_bad_preprocessing(preprocessing) -> str | None:
-    """Why `preprocessing` cannot feed a model (None when it can): a size below 1, or a std that divides by 0."""
+    """Why `preprocessing` cannot feed a model (None when it can): a size below 1, a std that divides by 0, or a
+    threshold outside (0, 1)."""
     if not isinstance(preprocessing, dict) or not {"image_size", "mean", "std"} <= set(preprocessing):
         return "it needs image_size, mean and std"
+    unknown = set(preprocessing) - {"image_size", "mean", "std", "threshold"}
+    if unknown:
+        return f"{sorted(map(str, unknown))[0][:40]!r} is not one of its fields"
+    threshold = preprocessing.get("threshold", 0.5)
+    if type(threshold) not in (int, float) or not 0 < threshold < 1:
+        return f"threshold is {described(threshold)}, not a number between 0 and 1"
     size, mean, std = preprocessing["image_size"], preprocessing["mean"], preprocessing["std"]
     if type(size) is not int or size < 1:
         return f"image_size is {size!r}"
     channels = [*mean, *std] if isinstance(mean, list | tuple) and isinstance(std, list | tuple) else []
-    if len(channels) != 6 or not all(isinstance(value, int | float) and math.isfinite(value) for value in channels):
+    if len(channels) != 6 or not all(type(value) in (int, float) and math.isfinite(value) for value in channels):
         return "mean and std must be 3 finite numbers each"
     if min(abs(value) for value in std) == 0:
         return "std holds a 0"
     return None
+
+
+SAMPLE_IDS = list_of(text())
+TENSORS = dict_of(of_type(torch.Tensor, "a tensor"))
+PLAIN = of_type((bool, int, float, str, type(None)), "a plain value")
+SETTING = either(PLAIN, list_of(PLAIN), what="a setting's value (a plain value or a list of them)")
+TRAIN_SETTINGS = literal_constants(Path(__file__).resolve().parents[1] / "scripts" / "train.py")
+CONFIG = record(  # scripts/train.py's settings, each of its default's type, and what a run records of itself
+    {
+        **{name: like(default) for name, default in TRAIN_SETTINGS.items()},
+        "RUN_ID": text("[0-9a-f]{16}", "16 hexadecimal digits"),
+        "RUN_FOLDER": text(),
+        "DATA_URL": text(),
+        "RECIPES": list_of(text()),
+    },
+    others=SETTING,  # a setting of an earlier version: only for the record
+)
+FIELDS = record(  # every field of the table above, with the type each reader relies on
+    {
+        "model_state": TENSORS,
+        "builder": described_by(describe_bad_builder),
+        "preprocessing": described_by(describe_bad_preprocessing),
+        "epoch": whole(0),
+        "metrics": record(
+            {"epoch": whole(0)},
+            others=either(number(), dict_of(number(), key=number()), what="a number, or numbers by threshold"),
+        ),
+        "datasets": list_of(
+            record(
+                {name: text() for name in Source.__dataclass_fields__} | {"name": text(NAME_PATTERN.pattern)},
+                required=("name",),
+            )
+        ),  # fmt: skip
+        "split": record(
+            {
+                **dict.fromkeys(("train", "val", "test"), SAMPLE_IDS),
+                "official": of_type(bool, "True or False"),
+                **dict.fromkeys(("folds", "fold"), whole(0)),
+            },
+            required=("train", "val", "test"),
+        ),
+        "digests": dict_of(text("[0-9a-f]{16}", "16 hexadecimal digits")),
+        "copy_groups": list_of(SAMPLE_IDS),
+        "left_out": SAMPLE_IDS,
+        "config": CONFIG,
+        "step": whole(0),
+        "step_losses": of_type(torch.Tensor, "a tensor"),
+        "history": list_of(record({"epoch": whole(1)}, others=number())),
+        "best_dice": number(),
+        "learning_rates": list_of(items(whole(0), number())),
+        "optimizer_state": record(
+            {"state": of_type(dict, "a dict"), "param_groups": list_of(of_type(dict, "a dict"))},
+            required=("state", "param_groups"),
+        ),  # fmt: skip
+        "scaler_state": of_type(dict, "a dict"),
+        "rng_state": of_type(torch.Tensor, "a tensor"),
+        "ema_state": TENSORS,
+        "auxiliary_heads_state": TENSORS,
+    },
+    required=REQUIRED_KEYS,
+)
 
 
 def describe_mismatch(expected: dict, found) -> str | None:
@@ -191,7 +309,8 @@ class Member:
 
 def load_members(names: list[str]) -> list[Member]:
     """The checkpoints named: files, or folders of a sweep's folds (see fold_checkpoints); refuses a file named
-    twice and, for a folder, a partition it does not hold every fold of."""
+    twice or weights given twice (a copy, or two runs that ended identical), and for a folder a mix of partitions or
+    a partition it does not hold every fold of."""
     members = []
     for name in names:
         path = Path(name)
@@ -199,19 +318,35 @@ def load_members(names: list[str]) -> list[Member]:
             members.append(Member(path, load_checkpoint(path)))
             continue
         folds = [Member(file, load_checkpoint(file)) for file in fold_checkpoints(path)]
-        check_fold_coverage(path, folds)
+        check_one_partition(path, folds)
         members += folds
-    seen = set()
+    seen, weights = set(), {}
     for member in members:
         if member.path.resolve() in seen:
             raise UserError(f"checkpoint {member.path} is named twice; an ensemble takes each member once.")
         seen.add(member.path.resolve())
+        first = weights.setdefault(weights_digest(member.checkpoint["model_state"]), member.path)
+        if first != member.path:
+            raise UserError(
+                f"{first} and {member.path} hold the same weights (a copy, or two runs that ended identical), so an"
+                " ensemble would count one model twice; name only one of them."
+            )
     return members
+
+
+def weights_digest(state: dict) -> str:
+    """A digest of a state dict's names and tensor contents: equal for the same weights in any file."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{list(state[name].shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def data_records(members: list[Member]) -> list[DataRecord]:
     """What each checkpoint of `members` was trained on: its own data record (evaluation checks every one)."""
-    return [DataRecord.from_checkpoint(member.checkpoint) for member in members]
+    return [DataRecord.from_checkpoint(member.checkpoint, str(member.path)) for member in members]
 
 
 def common_record(records: list[DataRecord]) -> DataRecord:
@@ -222,7 +357,8 @@ def common_record(records: list[DataRecord]) -> DataRecord:
 
 def fold_checkpoints(folder: Path) -> list[Path]:
     """The best.pth of each subfolder of `folder` (as a sweep with FOLDS writes RECIPE-seedS-foldsN/foldK/), each
-    from a finished run (summary.json beside it), refusing a folder that holds none or an unfinished run."""
+    from a finished run, refusing a folder that holds none or a run that is not finished (see unfinished_reason),
+    by name: its best.pth may still change."""
     runs = sorted(
         sub for sub in folder.iterdir() if sub.is_dir() and (any(sub.glob("*.pth")) or (sub / "run.log").exists())
     )
@@ -231,27 +367,75 @@ def fold_checkpoints(folder: Path) -> list[Path]:
             f"{folder} holds no run folders with a best.pth (a sweep with --folds writes"
             " RECIPE-seedS-foldsN/fold0/best.pth, ...); give checkpoint files or such a folder."
         )
-    unfinished = [run for run in runs if not (run / "best.pth").is_file() or not (run / "summary.json").is_file()]
-    if unfinished:
-        raise UserError(
-            f"{unfinished[0]} holds no finished run (a best.pth with its summary.json); finish it (run the sweep"
-            " again), or name the checkpoint files to use."
-        )
+    for run in runs:
+        reason = unfinished_reason(run)
+        if reason:
+            raise UserError(
+                f"{run} {reason}; finish it (run the sweep again, or wait for it), or name the checkpoint files to"
+                " use, which are taken as they are."
+            )
     return [run / "best.pth" for run in runs]
 
 
-def check_fold_coverage(folder: Path, members: list[Member]) -> None:
-    """Refuse a folder of folds that lacks some folds of its partition, or holds one twice (the members all record
-    the same FOLDS, and each its own FOLD)."""
-    splits = [member.checkpoint.get("split") for member in members]
-    recorded = [split.get("folds", 0) if isinstance(split, dict) else 0 for split in splits]
-    if not recorded[0] or len(set(recorded)) > 1:
-        return  # not the folds of one partition: the members are used as they are
-    folds = sorted(split.get("fold", 0) for split in splits)
-    if folds != list(range(recorded[0])):
-        missing = sorted(set(range(recorded[0])) - set(folds))
+def unfinished_reason(run: Path) -> str | None:
+    """Why the run in folder `run` is not finished (None when it is): no best.pth with its summary.json, a process
+    training it (holding its train.lock), or a last.pth written after its summary.json (resumed since it ended)."""
+    summary, last = run / "summary.json", run / "last.pth"
+    if not (run / "best.pth").is_file() or not summary.is_file():
+        return "holds no finished run (a best.pth with its summary.json)"
+    holder = lock_holder(run / "train.lock")
+    if holder:
+        return f"is still training (process {holder} holds its train.lock)"
+    if last.is_file() and last.stat().st_mtime > summary.stat().st_mtime:
+        return "was resumed after it finished and has not finished again (its last.pth is newer than its summary.json)"
+    return None
+
+
+def check_one_partition(folder: Path, members: list[Member]) -> None:
+    """Refuse a folder of folds that mixes carve-out runs (FOLDS 0) with folds, or folds of different partitions
+    (another FOLDS, SEED, data or split), naming the odd members; or that lacks some folds of its partition, or
+    holds one twice. A folder of carve-out runs alone (several seeds, say) is used as it is."""
+    folds = [member.checkpoint.get("split", {}).get("folds", 0) for member in members]
+    carve_outs = [member.path for member, count in zip(members, folds, strict=True) if not count]
+    if len(carve_outs) == len(members):
+        return
+    if carve_outs:
         raise UserError(
-            f"{folder} holds folds {', '.join(map(str, folds))} of a {recorded[0]}-fold partition (missing:"
+            f"{folder} holds carve-out run(s) (FOLDS 0) beside the folds of a cross-validation:"
+            f" {first_few(carve_outs)}; an ensemble of a folder is the folds of one partition. Move those out, or name"
+            " the checkpoint files to use."
+        )
+    partitions = [partition(member) for member in members]
+    usual = Counter(map(repr, partitions)).most_common(1)[0][0]
+    odd = [index for index, value in enumerate(partitions) if repr(value) != usual]
+    if odd:
+        expected = next(value for value in partitions if repr(value) == usual)
+        differs = [name for name in expected if partitions[odd[0]][name] != expected[name]]
+        raise UserError(
+            f"{folder} mixes folds of different partitions: {first_few(members[index].path for index in odd)}"
+            f" differ{'s' * (len(odd) == 1)} from the other {len(members) - len(odd)} in {', '.join(differs)}; an"
+            " ensemble of a folder is the folds of one partition. Move the odd run(s) out, or name the checkpoint"
+            " files to use."
+        )
+    count = folds[0]
+    fold_numbers = sorted(member.checkpoint["split"].get("fold", 0) for member in members)
+    if fold_numbers != list(range(count)):
+        missing = sorted(set(range(count)) - set(fold_numbers))
+        raise UserError(
+            f"{folder} holds folds {', '.join(map(str, fold_numbers))} of a {count}-fold partition (missing:"
             f" {', '.join(map(str, missing)) or 'none, but one twice'}); train the rest (run the sweep again), or"
             " name the checkpoint files to use."
         )
+
+
+def partition(member: Member) -> dict:
+    """What makes the folds of one partition one: FOLDS, SEED, the datasets, the images split into folds and the
+    test images."""
+    split = member.checkpoint["split"]
+    return {
+        "FOLDS": split.get("folds", 0),
+        "SEED": member.checkpoint.get("config", {}).get("SEED"),
+        "datasets": member.checkpoint.get("datasets"),
+        "the images split into folds": sorted(split["train"] + split["val"]),
+        "the test images": sorted(split["test"]),
+    }

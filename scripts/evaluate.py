@@ -117,16 +117,18 @@ def scoring_targets(config: dict, record: DataRecord, records: list[DataRecord] 
     return targets
 
 
-def checkpoint_record(checkpoint: dict, config: dict) -> DataRecord:
-    """What the checkpoint records of its training data, with relative folder paths (checkpoints written before paths
-    were recorded absolute) read from here, said so. A checkpoint that records no split can still score other data
-    (IMAGES/MASKS or DATASETS), said so, without the check that its images were not trained on."""
+def checkpoint_record(member: Member, config: dict) -> DataRecord:
+    """What the member's checkpoint records of its training data, with relative folder paths (checkpoints written
+    before paths were recorded absolute) read from here, said so. A checkpoint that records no split can still score
+    other data (IMAGES/MASKS or DATASETS), said so, without the check that its images were not trained on."""
     try:
-        record = DataRecord.from_checkpoint(checkpoint)
-    except UserError:
+        record = DataRecord.from_checkpoint(member.checkpoint, str(member.path))
+    except UserError as error:
         if not (config["IMAGES"] or config["DATASETS"]):
-            raise
-        print("note: the checkpoint records no training images, so nothing can check these were not trained on")
+            raise UserError(
+                f"{error} Score other data with it (--images and --masks, or --datasets), without that check."
+            ) from None
+        print(f"note: {member.path} records no training images, so nothing can check these were not trained on")
         return DataRecord([], Split([], [], [], False), {})
     for index, source in enumerate(record.datasets):
         if source.images and not Path(source.images).is_absolute():
@@ -310,7 +312,7 @@ def main() -> None:
     members = load_members(config["CHECKPOINT"])
     predictor = inference.predictor_from_settings(members, config)
     batch_size = inference.inference_batch_size(config["BATCH_SIZE"], predictor.device)
-    records = [checkpoint_record(member.checkpoint, config) for member in members]
+    records = [checkpoint_record(member, config) for member in members]
     record = common_record(records)
     targets = scoring_targets(config, record, records)
     print(f"scoring {', '.join(target.name for target in targets)} on {describe_device(predictor.device)}")

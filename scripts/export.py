@@ -34,6 +34,7 @@ from common.errors import UserError, run_main
 from common.files import WRITTEN_BY, atomic_path, claim_output, json_written_by, script_mark, write_json_atomic
 from dataset.synthetic import make_sample
 from model import load_checkpoint
+from model.checkpoint import fold_checkpoints
 from utils import inference
 
 CHECKPOINT = ["models/unet_kvasirseg.pth"]  # the trained model to export (one: ensembles are refused)
@@ -55,8 +56,15 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def single_checkpoint(names: list[str]) -> str:
-    """The one checkpoint file to export, refusing an ensemble (several checkpoints, or a folder of folds)."""
-    if len(names) > 1 or Path(names[0]).is_dir():
+    """The one checkpoint file to export, refusing an ensemble (several checkpoints, or a folder of folds) and a
+    folder of one run, whose checkpoint file it names."""
+    runs = fold_checkpoints(Path(names[0])) if len(names) == 1 and Path(names[0]).is_dir() else []
+    if len(runs) == 1:
+        raise UserError(
+            f"{names[0]} is a folder holding one run; export the model of that run by its checkpoint file:"
+            f" --checkpoint {runs[0]}."
+        )
+    if len(names) > 1 or runs:
         raise UserError(
             f"export.py writes one model per ONNX file, not the ensemble {' '.join(names)}; export each checkpoint"
             " on its own (--checkpoint a.pth --output a.onnx), and score or run the ensemble from its checkpoints"

@@ -14,8 +14,9 @@ def save_untrained_checkpoint(
     path, data_dir, image_size: int = 32, base_channels: int = 4, depth: int = 2, folds: int = 0, fold: int = 0
 ) -> Path:
     """A seeded, untrained tiny U-Net with the split train.py would make of `data_dir` (VAL_FRACTION 0.1, SEED 42;
-    with `folds`, FOLDS and FOLD)."""
-    torch.manual_seed(0)
+    with `folds`, FOLDS and FOLD); each fold's weights are seeded with its number, so that folds differ as trained
+    ones do."""
+    torch.manual_seed(fold)
     model = build_network("unet", {"base_channels": base_channels, "depth": depth})
     pairs = prepare_kvasir_seg(data_dir) if Path(data_dir).exists() else []
     ids = [pair[0] for pair in pairs]

@@ -16,7 +16,14 @@ import torch.nn.functional as F
 from common.device import autocast, autocast_dtype, configure_fast_path, resolve_device, seconds_per_call
 from common.errors import UserError
 from common.optional import import_optional
-from model.checkpoint import Member, describe_bad_preprocessing, load_checkpoint, load_members, model_from_checkpoint
+from model.checkpoint import (
+    Member,
+    describe_bad_preprocessing,
+    load_checkpoint,
+    load_members,
+    model_from_checkpoint,
+    require_fields,
+)
 from utils.metrics import THRESHOLD
 
 # Test-time augmentation views, each (quarter turns, mirrored first) of an [N, C, H, W] batch: 3 views are the image
@@ -155,9 +162,7 @@ class Predictor(ImagePredictor):
         checkpoint dict in messages."""
         source = (name or "the checkpoint") if isinstance(checkpoint, dict) else checkpoint
         checkpoint = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-        problem = describe_bad_preprocessing(checkpoint.get("preprocessing"))
-        if problem:
-            raise UserError(f"{source} has unusable preprocessing settings ({problem}); retrain with train.py.")
+        require_fields(checkpoint, source, ("preprocessing",))  # its other fields were checked by load_checkpoint
         device = resolve_device(device) if isinstance(device, str) else device
         amp_dtype = autocast_dtype(device) if mixed_precision else None
         model = model_from_checkpoint(checkpoint, source)

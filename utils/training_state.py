@@ -11,7 +11,7 @@ from torch.optim.swa_utils import AveragedModel
 from common.config import flag_name
 from common.errors import UserError
 from dataset.sources import DataRecord
-from model.checkpoint import cpu_state, load_checkpoint, model_checkpoint, save_checkpoint
+from model.checkpoint import RUN_RECORD, cpu_state, load_checkpoint, model_checkpoint, require_fields, save_checkpoint
 
 
 @dataclass
@@ -120,6 +120,7 @@ def load_training_state(path: Path) -> dict:
     missing = [key for key in RESUMABLE_KEYS if key not in state]
     if missing:
         raise UserError(f"{path} is a model checkpoint, not a resumable training state (no {', '.join(missing)}).")
+    require_fields(state, path, RUN_RECORD)
     return state
 
 

@@ -4,6 +4,8 @@ Figures are plain matplotlib `Figure`s, outside pyplot's global state, so they c
 background thread while training goes on; only a figure meant for a window goes through pyplot.
 """
 
+from pathlib import Path
+
 import cv2
 import matplotlib
 import matplotlib.pyplot as plt
@@ -16,6 +18,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from common.files import atomic_path
 from dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
+from model.checkpoint import load_checkpoint
 from utils.metrics import dice_per_image
 
 
@@ -200,3 +203,23 @@ def show_figure(figure) -> None:
     """Open a pyplot figure in a window without blocking the caller."""
     figure.show()
     plt.pause(0.001)
+
+
+def run_curves(checkpoint: dict, run_folder: str | None = None) -> tuple[Path | None, str]:
+    """The curves.png of the run that trained `checkpoint` (in `run_folder` when given, else its recorded
+    RUN_FOLDER) and a line saying whose it is; None, with a line saying why, when they are not there or the folder
+    now holds another run (its last.pth has another RUN_ID): never the curves of some other run."""
+    config = checkpoint.get("config", {})
+    folder = run_folder or config.get("RUN_FOLDER")
+    if not folder:
+        return None, (
+            "its run folder is not recorded (no RUN_FOLDER: an older checkpoint), so its training curves are not shown;"
+            " set KVASIR_OUTPUT_DIR to that run's folder"
+        )
+    curves, last = Path(folder) / "curves.png", Path(folder) / "last.pth"
+    if not curves.is_file():
+        return None, f"no {curves}: its run folder was moved or deleted (set KVASIR_OUTPUT_DIR to where it is now)"
+    other = load_checkpoint(last).get("config", {}).get("RUN_ID") if last.is_file() else None
+    if other and config.get("RUN_ID") and other != config["RUN_ID"]:
+        return None, f"{folder} now holds another run (RUN_ID {other}, not {config['RUN_ID']}): no curves shown"
+    return curves, f"the training curves of its run, {folder}"

@@ -3,7 +3,9 @@ ensemble_record): the mean of the members' probabilities, one threshold, checkpo
 folds, and no image any member saw scored as held out; export.py refuses them."""
 
 import json
+import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from model.checkpoint import common_record, data_records, load_checkpoint, load_
 from tests.checkpoints import save_untrained_checkpoint
 from tests.core.test_evaluate import ConstantLogit
 from tests.scripts import load_script
+from tests.train_runs import lock_held_elsewhere
 from utils.inference import THRESHOLD, EnsemblePredictor, Predictor, load_predictor
 
 evaluate = load_script("evaluate")
@@ -155,6 +158,9 @@ def test_export_refuses_an_ensemble_in_one_line(kvasir_dir, tmp_path):
         with pytest.raises(UserError, match="export.py writes one model per ONNX file, not the ensemble"):
             export.single_checkpoint(names)
     assert export.single_checkpoint([str(folder / "fold0" / "best.pth")]) == str(folder / "fold0" / "best.pth")
+    shutil.rmtree(folder / "fold1")  # a folder of one run: its model, not an ensemble
+    with pytest.raises(UserError, match=r"folds2 is a folder holding one run; export the model of that run by its"):
+        export.single_checkpoint([str(folder)])
 
 
 def test_the_evaluation_report_names_the_members_and_the_threshold():
@@ -179,3 +185,50 @@ def test_a_fold_checkpoint_scores_its_own_fold_with_split_val(kvasir_dir, tmp_pa
     (target,) = evaluate.scoring_targets({**SETTINGS, "SPLIT": "val", "DATA_DIR": kvasir_dir}, record, records)
     assert [pair[0] for pair in target.pairs] == record.split.val and record.split.fold == 1
     assert target.description.endswith("fold 1 of the 2-fold partition the checkpoint was chosen on")
+
+
+def test_the_same_weights_twice_are_refused_naming_both(kvasir_dir, tmp_path):
+    folder = fold_checkpoints(tmp_path, kvasir_dir)
+    copy = tmp_path / "copy.pth"
+    shutil.copy(folder / "fold0" / "best.pth", copy)  # a copy, or two runs that ended identical
+    with pytest.raises(UserError, match=r"fold0/best.pth and .*copy.pth hold the same weights") as error:
+        load_members([str(folder), str(copy)])
+    assert "name only one of them" in str(error.value)
+    renamed = load_checkpoint(copy)
+    renamed["epoch"] = 7  # another record around the same weights: still one model
+    save_checkpoint(copy, renamed)
+    with pytest.raises(UserError, match="hold the same weights"):
+        load_members([str(folder / "fold0" / "best.pth"), str(copy)])
+
+
+def test_a_folder_mixing_a_carve_out_or_another_partition_with_folds_is_refused_naming_the_odd_run(
+    kvasir_dir, tmp_path
+):
+    folder = fold_checkpoints(tmp_path, kvasir_dir)
+    odd = folder / "single"
+    save_untrained_checkpoint(odd / "best.pth", kvasir_dir)  # a VAL_FRACTION carve-out run (FOLDS 0)
+    (odd / "summary.json").write_text("{}")
+    with pytest.raises(UserError, match=r"holds carve-out run\(s\) \(FOLDS 0\) beside the folds .*single/best.pth"):
+        load_members([str(folder)])
+    save_untrained_checkpoint(odd / "best.pth", kvasir_dir, folds=3, fold=2)  # a fold of a 3-fold partition
+    with pytest.raises(UserError, match=r"different partitions: .*single/best.pth differs from the other 2 in FOLDS;"):
+        load_members([str(folder)])
+    other_seed = load_checkpoint(save_untrained_checkpoint(odd / "best.pth", kvasir_dir, folds=2, fold=1))
+    other_seed["config"]["SEED"] = 7
+    save_checkpoint(odd / "best.pth", other_seed)
+    with pytest.raises(UserError, match=r"single/best.pth differs from the other 2 in SEED; an ensemble of a folder"):
+        load_members([str(folder)])
+
+
+def test_a_fold_still_training_or_resumed_since_it_finished_is_refused_by_name(kvasir_dir, tmp_path):
+    folder = fold_checkpoints(tmp_path, kvasir_dir)
+    with lock_held_elsewhere(folder / "fold1" / "train.lock") as pid, pytest.raises(UserError) as e:
+        load_members([str(folder)])
+    assert f"fold1 is still training (process {pid} holds its train.lock)" in str(e.value)
+    assert "or name the checkpoint files to use, which are taken as they are" in str(e.value)
+    last = folder / "fold0" / "last.pth"
+    shutil.copy(folder / "fold0" / "best.pth", last)
+    os.utime(last, (time.time() + 60, time.time() + 60))  # written after summary.json: resumed, not finished again
+    with pytest.raises(UserError, match=r"fold0 was resumed after it finished and has not finished again"):
+        load_members([str(folder)])
+    assert len(load_members([str(folder / "fold0" / "best.pth"), str(folder / "fold1" / "best.pth")])) == 2

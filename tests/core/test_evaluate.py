@@ -14,6 +14,7 @@ from dataset.kvasir import pair_images_and_masks, prepare_kvasir_seg
 from dataset.sources import DataRecord
 from dataset.splits import Split, make_split
 from dataset.synthetic import make_kvasir_folder
+from model.checkpoint import data_records, load_members
 from tests.checkpoints import save_untrained_checkpoint
 from tests.scripts import load_script, run_script
 from utils.inference import Predictor
@@ -265,16 +266,18 @@ def test_when_every_test_image_has_a_training_copy_the_clean_column_says_so(kvas
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda c: c.pop("copy_groups"), "records no copy groups"),
-        (lambda c: c.update(copy_groups="a b"), "data record .* is damaged"),
-        (lambda c: c.update(copy_groups=[["a", 3]]), "data record .* is damaged"),
-        (lambda c: c.update(digests=[1, 2]), "data record .* is damaged"),
-        (lambda c: c.update(datasets=[{"name": "x", "colour": "red"}]), "data record .* is damaged"),
-        (lambda c: c.update(left_out="a"), "data record .* is damaged"),
+        (lambda c: c.pop("copy_groups"), "m.pth records no copy groups"),
+        (lambda c: c.update(copy_groups="a b"), r"m.pth has a damaged record: its copy_groups is a str, not a list"),
+        (lambda c: c.update(copy_groups=[["a", 3]]), r"its copy_groups\[0\]\[1\] is the int 3, not text"),
+        (lambda c: c.update(digests=[1, 2]), "its digests is a list, not a dict"),
+        (lambda c: c.update(datasets=[{"name": "x", "colour": "red"}]), "its datasets.0..colour is not a field"),
+        (lambda c: c.update(left_out="a"), "its left_out is a str, not a list"),
     ],
 )
 def test_a_checkpoint_without_or_with_a_damaged_data_record_is_refused_in_one_line(kvasir_dir, change, message):
-    checkpoint = torch.load(save_untrained_checkpoint(kvasir_dir.parent / "m.pth", kvasir_dir), weights_only=True)
+    path = save_untrained_checkpoint(kvasir_dir.parent / "m.pth", kvasir_dir)
+    checkpoint = torch.load(path, weights_only=True)
     change(checkpoint)
+    torch.save(checkpoint, path)
     with pytest.raises(UserError, match=message):
-        DataRecord.from_checkpoint(checkpoint)
+        data_records(load_members([str(path)]))

@@ -84,9 +84,9 @@ def test_checkpoints_load_without_unpickling_objects(tmp_path):
     ("change", "message"),
     [
         ({"builder": {"name": "unet", "kwargs": {"base_channels": 4, "depth": 2, "extra": 1}}},
-         "malformed builder (build_unet() got an unexpected keyword argument 'extra')"),
-        ({"builder": {"name": "vgg", "kwargs": {}}}, "malformed builder (name 'vgg' is not one of unet"),
-        ({"builder": {"name": "unet", "kwargs": [4, 2]}}, "malformed builder (kwargs is a list, not a dict)"),
+         "its builder is unusable (MODEL unet takes no 'extra')"),
+        ({"builder": {"name": "vgg", "kwargs": {}}}, "its builder is unusable (name 'vgg' is not one of unet"),
+        ({"builder": {"name": "unet", "kwargs": [4, 2]}}, "its builder is unusable (kwargs is a list, not a dict)"),
         ({"preprocessing": {"image_size": 0, "mean": [0.5] * 3, "std": [0.25] * 3}}, "(image_size is 0)"),
         ({"preprocessing": {"image_size": 32, "mean": [0.5] * 3, "std": [0.25, 0, 0.25]}}, "(std holds a 0)"),
     ],

@@ -14,6 +14,7 @@ from common.errors import UserError
 from dataset.kvasir import pair_images_and_masks
 from dataset.sources import DataRecord, Source, parse_source, source_split
 from model import load_checkpoint
+from model.checkpoint import Member
 from tests.checkpoints import save_untrained_checkpoint
 from tests.scripts import REPO, load_script, run_script
 from tests.train_runs import error_line, train_in_process
@@ -93,9 +94,11 @@ def test_a_checkpoint_without_a_split_scores_explicit_folders(kvasir_dir, tmp_pa
     flags = ["--checkpoint", tmp_path / "old.pth", "--device", "cpu", "--no-tta", "--csv", tmp_path / "e.csv"]
     result = run_script("evaluate", *flags, "--images", root / "images", "--masks", root / "masks")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "the checkpoint records no training images" in result.stdout
+    assert f"note: {tmp_path / 'old.pth'} records no training images" in result.stdout
     result = run_script("evaluate", *flags, "--data-dir", kvasir_dir)
-    assert result.returncode == 2 and "score explicit folders with --images and --masks" in error_line(result.stderr)
+    message = error_line(result.stderr)
+    assert result.returncode == 2 and f"{tmp_path / 'old.pth'} records no train/val/test split" in message
+    assert "Score other data with it (--images and --masks, or --datasets)" in message
 
 
 @pytest.mark.parametrize("second", ["same folder", "subset", "copied files"])
@@ -139,6 +142,6 @@ def test_an_older_checkpoints_relative_folders_are_read_from_here_said_so(kvasir
     root = kvasir_dir / "Kvasir-SEG"
     monkeypatch.chdir(kvasir_dir)
     checkpoint = folder_record(root, "Kvasir-SEG/images", "Kvasir-SEG/masks").as_dict()
-    record = evaluate.checkpoint_record(checkpoint, {"IMAGES": "", "DATASETS": []})
+    record = evaluate.checkpoint_record(Member(Path("m.pth"), checkpoint), {"IMAGES": "", "DATASETS": []})
     assert record.datasets[0].images == str(root / "images")
     assert "records dataset mine by the relative path Kvasir-SEG/images" in capsys.readouterr().out

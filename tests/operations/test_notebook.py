@@ -10,6 +10,7 @@ from traitlets.config import Config
 from model.checkpoint import load_checkpoint, save_checkpoint
 from tests.checkpoints import save_untrained_checkpoint
 from tests.scripts import REPO
+from utils.visualization import run_curves
 
 NOTEBOOK = REPO / "notebooks" / "explore_predictions.ipynb"
 
@@ -24,7 +25,7 @@ def test_notebook_is_committed_without_outputs():
 def test_notebook_runs_and_shows_curves_scores_and_panels(kvasir_dir, tmp_path, monkeypatch, capfd):
     checkpoint_path = save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir)
     checkpoint = load_checkpoint(checkpoint_path)
-    checkpoint["config"]["OUTPUT_DIR"] = str(tmp_path / "run")  # the run folder the notebook finds the curves in
+    checkpoint["config"]["RUN_FOLDER"] = str(tmp_path / "run")  # the run folder the notebook finds the curves in
     checkpoint["copy_groups"] = [[checkpoint["split"]["test"][0], checkpoint["split"]["train"][0]]]
     save_checkpoint(checkpoint_path, checkpoint)
     (tmp_path / "run").mkdir()
@@ -52,3 +53,30 @@ def test_notebook_runs_and_shows_curves_scores_and_panels(kvasir_dir, tmp_path, 
     assert len(figures) == 3  # the run's curves.png, the Dice histogram and the predictions
     assert not [output for output in outputs if output.get("name") == "stderr"]  # no progress bars or warnings
     assert "without encryption" not in capfd.readouterr().err  # the kernel's own log, outside the notebook
+
+
+def test_the_curves_shown_are_the_checkpoints_own_runs_or_none_said_so(kvasir_dir, tmp_path, monkeypatch):
+    checkpoint = load_checkpoint(save_untrained_checkpoint(tmp_path / "model.pth", kvasir_dir))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    cv2.imwrite(str(tmp_path / "outputs" / "curves.png"), np.zeros((8, 8, 3), np.uint8))  # some other run's curves
+    assert run_curves(checkpoint) == (
+        None,
+        "its run folder is not recorded (no RUN_FOLDER: an older checkpoint), so its training curves are not shown;"
+        " set KVASIR_OUTPUT_DIR to that run's folder",
+    )
+    run = tmp_path / "run"
+    checkpoint["config"].update(RUN_FOLDER=str(run), RUN_ID="0123456789abcdef")
+    curves, whose = run_curves(checkpoint)
+    assert curves is None and whose.startswith(f"no {run / 'curves.png'}: its run folder was moved or deleted")
+    run.mkdir()
+    cv2.imwrite(str(run / "curves.png"), np.zeros((8, 8, 3), np.uint8))
+    assert run_curves(checkpoint) == (run / "curves.png", f"the training curves of its run, {run}")
+    assert run_curves(checkpoint, str(tmp_path / "outputs"))[0] == tmp_path / "outputs" / "curves.png"  # as asked
+    later = load_checkpoint(tmp_path / "model.pth")
+    later["config"].update(RUN_ID="fedcba9876543210")  # another run trained in the same folder since
+    save_checkpoint(run / "last.pth", later)
+    assert run_curves(checkpoint) == (
+        None,
+        f"{run} now holds another run (RUN_ID fedcba9876543210, not 0123456789abcdef): no curves shown",
+    )

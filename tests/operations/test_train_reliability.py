@@ -13,6 +13,7 @@ import torch
 
 from common.signals import StopRequest
 from dataset.synthetic import make_kvasir_folder
+from tests.checkpoints import save_untrained_checkpoint
 from tests.scripts import REPO
 from tests.train_runs import command_line, error_line, lock_held_elsewhere, read_events, read_history, train_in_process
 from utils.tensorboard_log import event_files
@@ -46,7 +47,7 @@ def test_training_on_a_read_only_data_folder_reads_the_image_files(kvasir_dir, t
     [
         (None, "nothing to resume: {last} does not exist"),
         (b"not a checkpoint", "{last} is not a readable checkpoint of this repository"),
-        ({"model_state": {}, "builder": {}}, "{last} is a model checkpoint, not a resumable training state"),
+        ("model", "{last} is a model checkpoint, not a resumable training state"),
     ],
     ids=["missing", "corrupt", "model-only"],
 )
@@ -55,8 +56,8 @@ def test_resume_without_a_usable_state_is_refused(tmp_path, last_pth, message):
     last.parent.mkdir()
     if isinstance(last_pth, bytes):
         last.write_bytes(last_pth)
-    elif last_pth is not None:
-        torch.save(last_pth, last)
+    elif last_pth == "model":
+        save_untrained_checkpoint(last, tmp_path / "no data")
     status, _, stderr = train_in_process(tmp_path, "--resume")
     assert status == 2 and message.format(last=last) in error_line(stderr)
 
