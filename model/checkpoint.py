@@ -223,6 +223,8 @@ CONFIG = record(  # scripts/train.py's settings, each of its default's type, and
         **{name: like(default) for name, default in TRAIN_SETTINGS.items()},
         "RUN_ID": text("[0-9a-f]{16}", "16 hexadecimal digits"),
         "RUN_FOLDER": text(),
+        "RUN_CHECKPOINT": text(),
+        "COPY_OF": list_of(text("[0-9a-f]{16}", "16 hexadecimal digits")),
         "DATA_URL": text(),
         "RECIPES": list_of(text()),
     },
