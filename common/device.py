@@ -1,6 +1,7 @@
 """Pick the compute device, its CPU threads and the mixed-precision type that suits it, and time work on it."""
 
 import os
+import statistics
 import time
 
 import torch
@@ -92,6 +93,26 @@ def seconds_per_call(call, device: torch.device, warmup: int, calls: int = 3, mi
         call()
         repeats += 1
     return (synchronized_clock(device) - start) / repeats
+
+
+def interleaved_seconds(
+    calls: dict, device: torch.device, rounds: int, calls_per_round: int, untimed: dict | None = None
+) -> dict[str, list[float]]:
+    """Seconds per call of each of `calls` {name: call}, in `rounds` rounds that each time every call in turn
+    (A, B, A, B, ...), so that a change of the machine's load falls on all of them alike: {name: [one per round]}.
+    `untimed` {name: N}: N untimed calls before each of that call's rounds (batches a DataLoader's workers
+    prefetched while the others ran)."""
+    seconds = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            warmup = (untimed or {}).get(name, 0)
+            seconds[name].append(seconds_per_call(call, device, warmup, calls=calls_per_round))
+    return seconds
+
+
+def spread(values: list[float]) -> dict:
+    """The median and the range of repeated measurements."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def free_memory_bytes(device: torch.device) -> int | None:

@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from common.errors import DatasetError
 from common.files import (
@@ -26,6 +25,7 @@ from common.files import (
     stale_folders,
     waiting_lock,
 )
+from common.progress import progress_bar
 from common.signals import sigterm_cleans_up
 from dataset.images import load_pair
 
@@ -133,7 +133,7 @@ def _build(pairs, size: int, folder: Path) -> None:
             with open(staging / "images.npy", "wb") as images, open(staging / "masks.npy", "wb") as masks:
                 _write_npy_header(images, (len(pairs), size, size, 3))
                 _write_npy_header(masks, (len(pairs), size, size))
-                for _, image_path, mask_path in tqdm(pairs, desc=f"caching {size}px", unit="img"):
+                for _, image_path, mask_path in progress_bar(pairs, f"caching {size}px", unit="img"):
                     image, mask = load_pair(image_path, mask_path, size)
                     images.write(image.tobytes())  # C order, as the header says
                     masks.write(mask.tobytes())

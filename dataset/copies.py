@@ -20,10 +20,10 @@ import numpy as np
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.feature_extraction.text import TfidfTransformer
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
 from common.errors import UserError
 from common.files import NOT_WRITABLE_ERRNOS, atomic_path, read_text_file, write_json_atomic
+from common.progress import progress_bar
 from dataset.images import read_rgb
 
 FEATURE_SIDE = 512  # images are scaled to this longest side before ORB (keypoints in those pixels)
@@ -87,7 +87,7 @@ def all_features(pairs, cache_dir=None) -> list[Features]:
     cached = read_features(path, len(pairs)) if path else None
     if cached is not None:
         return cached
-    features = [image_features(image) for _, image, _ in tqdm(pairs, desc="image features", unit="img")]
+    features = [image_features(image) for _, image, _ in progress_bar(pairs, "image features", unit="img")]
     if path:
         save_features(path, features)
     return features
@@ -210,7 +210,7 @@ def find_copies(pairs, cache_dir=None, candidates: int = CANDIDATES) -> list[Cop
     features = all_features(pairs, cache_dir)
     ids = [sample_id for sample_id, _, _ in pairs]
     found = []
-    for i, j in tqdm(sorted(candidate_pairs(features, candidates)), desc="verifying pairs", unit="pair"):
+    for i, j in progress_bar(sorted(candidate_pairs(features, candidates)), "verifying pairs", unit="pair"):
         inliers, cells = match_spread(features[i], features[j])
         if same_frame(inliers, cells):
             found.append(CopyPair(*sorted((ids[i], ids[j])), inliers, cells))

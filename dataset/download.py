@@ -5,10 +5,10 @@ import time
 from pathlib import Path
 
 import requests
-from tqdm import tqdm
 from urllib3.exceptions import NewConnectionError, ReadTimeoutError
 
 from common.errors import UserError
+from common.progress import progress_bar
 from common.signals import sigterm_cleans_up
 
 CHUNK_BYTES = 64 * 1024  # small enough that the .part file and the progress bar move as the bytes arrive
@@ -77,14 +77,12 @@ def _stream_to(url: str, path: Path, timeout: float) -> None:
         expected = int(response.headers.get("Content-Length") or 0) or None
         with (
             open(path, "wb") as file,
-            tqdm(
-                total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name.removesuffix(".part")
-            ) as progress,
+            progress_bar(description=path.name.removesuffix(".part"), total=expected, unit="B") as bar,
         ):
             try:
                 for chunk in response.iter_content(chunk_size=CHUNK_BYTES):
                     file.write(chunk)
-                    progress.update(response.raw.tell() - progress.n)
+                    bar.update(response.raw.tell() - bar.n)
             except requests.exceptions.ChunkedEncodingError:
                 raise IncompleteDownload("the connection broke off before the whole file arrived") from None
             except requests.ConnectionError as error:

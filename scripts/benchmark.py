@@ -5,7 +5,9 @@
     python scripts/benchmark.py --device cpu --image-size 128 --base-channels 16 --num-workers 2
     python scripts/benchmark.py --synthetic 880 --json outputs/benchmark.json   # without the real data
 
-Measured in one run, on one device:
+Measured in one run, on one device, each comparison in ROUNDS interleaved rounds (reference, fast, reference, fast,
+...: a change of the machine's load falls on every path alike), reported as the median and range over the rounds,
+the speed-ups as the median and range of the rounds' own ratios:
   training     steady-state images/s over TIMED_EPOCHS whole epochs (after one untimed warm-up epoch), three ways:
                "fast" as scripts/train.py trains (cached data augmented in DataLoader workers, pinned asynchronous
                copies, bf16 autocast, channels_last, cuDNN autotuning, fused AdamW on CUDA), "data on device" (the
@@ -25,7 +27,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -41,13 +42,14 @@ from common.device import (
     autocast_dtype,
     configure_fast_path,
     describe_device,
+    interleaved_seconds,
     resolve_device,
-    seconds_per_call,
+    spread,
 )
 from common.errors import UserError, run_main
 from common.files import write_json_atomic
 from dataset import kvasir, synthetic, transforms
-from dataset.loader import loader_options, worker_count
+from dataset.loader import PREFETCH_BATCHES, loader_options, worker_count
 from dataset.sampler import RunBatchSampler
 from dataset.segmentation import PolypDataset
 from model import build_network, network_kwargs
@@ -64,9 +66,10 @@ BASE_CHANNELS = 64  # as in scripts/train.py
 DEPTH = 4  # as in scripts/train.py
 BATCH_SIZE = 16  # training batch; scripts/train.py's default
 INFERENCE_BATCH_SIZE = 64  # as scripts/evaluate.py and predict.py use on a GPU
-TIMED_EPOCHS = 2  # whole epochs (passes over the images) timed per training loop, after one untimed epoch
-PIPELINE_BATCHES = 50  # batches of BATCH_SIZE drawn when timing the data pipeline alone
-INFERENCE_STEPS = 20  # timed forward passes, after 5 untimed ones
+TIMED_EPOCHS = 2  # whole epochs (passes over the images) timed per training loop over the rounds, after one untimed
+PIPELINE_BATCHES = 50  # batches of BATCH_SIZE drawn per data pipeline over the rounds, timing the pipeline alone
+INFERENCE_STEPS = 20  # timed forward passes per inference path over the rounds, after 5 untimed ones
+ROUNDS = 5  # interleaved rounds: the paths compared are timed in turn, this many times each
 END_TO_END_EPOCHS = 10  # epochs of the scripts/train.py run timed end to end; 0 skips it
 DEVICE = "auto"  # auto | cpu | cuda | cuda:N
 COMPILE = "off"  # torch.compile mode of the fast path and the end-to-end run (does train.py gain from it?)
@@ -75,7 +78,7 @@ JSON = ""  # also write the results to this file
 
 def check_settings(config: dict) -> None:
     """Refuse settings that cannot be timed, naming the setting."""
-    positive = ("IMAGE_SIZE", "BASE_CHANNELS", "DEPTH", "BATCH_SIZE", "INFERENCE_BATCH_SIZE", "TIMED_EPOCHS")
+    positive = ("IMAGE_SIZE", "BASE_CHANNELS", "DEPTH", "BATCH_SIZE", "INFERENCE_BATCH_SIZE", "TIMED_EPOCHS", "ROUNDS")
     for name in positive + ("PIPELINE_BATCHES", "INFERENCE_STEPS"):
         if config[name] < 1:
             raise UserError(f"{name} must be at least 1.")
@@ -130,12 +133,12 @@ def unet_kwargs(config: dict) -> dict:
 def batch_stream(dataset: PolypDataset, config: dict, epochs: int, options: dict):
     """The shuffled, augmented training batches of `epochs` whole epochs, as scripts/train.py draws them."""
     sampler = RunBatchSampler(len(dataset), config["BATCH_SIZE"], 0, 1, 0, epochs)
-    return iter(DataLoader(dataset, batch_sampler=sampler, **options)), sampler.steps_per_epoch
+    return iter(DataLoader(dataset, batch_sampler=sampler, **options))
 
 
-def time_training(model, batches, steps_per_epoch: int, config: dict, device, amp_dtype, memory_format, fast: bool):
-    """Seconds per training step (next batch, copy to the device, forward, backward, optimizer step) over
-    TIMED_EPOCHS whole epochs, after one untimed epoch (worker start-up, cuDNN autotuning, compilation)."""
+def training_step(model, batches, device, amp_dtype, memory_format, fast: bool):
+    """One training step (next batch, copy to the device, forward, backward, optimizer step) as a call: as
+    scripts/train.py takes it when `fast`, otherwise as a plain loop does (plain Adam, synchronous copies)."""
     model.train()
     optimizer = (
         make_optimizer(model, "adamw", 1e-4, 1e-4, device) if fast else torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -153,17 +156,20 @@ def time_training(model, batches, steps_per_epoch: int, config: dict, device, am
         scaler.step(optimizer)
         scaler.update()
 
-    return seconds_per_call(step, device, steps_per_epoch, calls=config["TIMED_EPOCHS"] * steps_per_epoch)
+    return step
 
 
-def time_pipeline(batches, config: dict) -> float:
-    """Augmented samples per second delivered by a batch stream, after a few batches to start its workers."""
-    for _ in range(5):
-        next(batches)
-    start = time.perf_counter()
-    for _ in range(config["PIPELINE_BATCHES"]):
-        next(batches)
-    return config["PIPELINE_BATCHES"] * config["BATCH_SIZE"] / (time.perf_counter() - start)
+def without_autotuning(call):
+    """`call` run with cuDNN autotuning off, as the reference paths run, whatever the fast path switched on."""
+
+    def plain_call():
+        autotuning, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+        try:
+            return call()
+        finally:
+            torch.backends.cudnn.benchmark = autotuning
+
+    return plain_call
 
 
 def time_end_to_end(config: dict, data_dir: Path, scratch: Path) -> dict:
@@ -184,55 +190,86 @@ def time_end_to_end(config: dict, data_dir: Path, scratch: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
-def time_inference(predict, config: dict, device, memory_format) -> float:
-    """Seconds per call of `predict` on INFERENCE_BATCH_SIZE images already on the device (the model alone)."""
-    size = config["IMAGE_SIZE"]
-    batch = torch.randn(config["INFERENCE_BATCH_SIZE"], 3, size, size, device=device)
-    batch = batch.contiguous(memory_format=memory_format)
-    return seconds_per_call(lambda: predict(batch), device, 5, calls=config["INFERENCE_STEPS"])
-
-
 @torch.inference_mode()
 def plain_forward(model, batch: torch.Tensor) -> torch.Tensor:
     """The reference inference: the fp32 model in eval mode, nothing else."""
     return model.eval()(batch)
 
 
-def rate(images_per_second: float, flops: float) -> dict:
-    return {"images_per_s": images_per_second, "tflops_per_s": images_per_second * flops / 1e12}
+def warm_up(calls: dict, repeats: int) -> None:
+    """Make each of `calls` {name: call} `repeats` times, untimed."""
+    for call in calls.values():
+        for _ in range(repeats):
+            call()
+
+
+def rates(seconds: list[float], images: int, flops: float) -> dict:
+    """Images/s from the rounds' seconds per call of `images` images: the median, its range, and TFLOP/s at the
+    median."""
+    per_second = spread([images / each for each in seconds])
+    return {
+        "images_per_s": per_second["median"],
+        "images_per_s_range": [per_second["min"], per_second["max"]],
+        "tflops_per_s": per_second["median"] * flops / 1e12,
+    }
+
+
+def ratios(numerators: list[float], denominators: list[float]) -> dict:
+    """The median and range of the rounds' own ratios (each round's two timings taken one right after the other)."""
+    return spread([top / bottom for top, bottom in zip(numerators, denominators, strict=True)])
 
 
 def run_benchmark(config: dict, data_dir: Path, pairs, device: torch.device, scratch: Path) -> dict:
-    """All timings of one configuration; the reference loops run first, before cuDNN autotuning is switched on."""
-    train_batch, inference_batch = config["BATCH_SIZE"], config["INFERENCE_BATCH_SIZE"]
+    """All timings of one configuration: each comparison's paths warmed up, then timed in interleaved rounds."""
+    train_batch, inference_batch, rounds = config["BATCH_SIZE"], config["INFERENCE_BATCH_SIZE"], config["ROUNDS"]
     train_flops = flops_per_image(config, train_batch, training=True)
     inference_flops = flops_per_image(config, inference_batch, training=False)
     transform = transforms.build_transform(config["AUGMENTATION"])
-    workers, epochs = worker_count(config["NUM_WORKERS"]), config["TIMED_EPOCHS"] + 1
-    pipeline_epochs = -(-(config["PIPELINE_BATCHES"] + 5) // (len(pairs) // train_batch))  # enough for time_pipeline
+    workers, steps = worker_count(config["NUM_WORKERS"]), len(pairs) // train_batch
+    prefetched = workers * PREFETCH_BATCHES  # drawn untimed before each fast round: the workers filled them meanwhile
+    train_per_round = max(1, config["TIMED_EPOCHS"] * steps // rounds)
+    train_epochs = 1 + -(-rounds * (train_per_round + prefetched) // steps)
+    pipeline_per_round = max(1, config["PIPELINE_BATCHES"] // rounds)
+    pipeline_epochs = -(-(5 + rounds * (pipeline_per_round + prefetched)) // steps)
+    inference_per_round = max(1, config["INFERENCE_STEPS"] // rounds)
 
-    torch.backends.cudnn.benchmark = False
-    plain = torch.contiguous_format
+    plain, memory_format, amp_dtype = torch.contiguous_format, configure_fast_path(device), autocast_dtype(device)
     uncached = PolypDataset(pairs, config["IMAGE_SIZE"], transform)
-    reference_pipeline = time_pipeline(batch_stream(uncached, config, pipeline_epochs, {})[0], config)
-    model = new_model(config, device, plain)
-    reference_batches, steps = batch_stream(uncached, config, epochs, {})
-    reference_train = time_training(model, reference_batches, steps, config, device, None, plain, fast=False)
-    reference_inference = time_inference(functools.partial(plain_forward, model), config, device, plain)
-
-    memory_format, amp_dtype = configure_fast_path(device), autocast_dtype(device)
     cached = PolypDataset(pairs, config["IMAGE_SIZE"], transform, data_dir / "cache")
     options = loader_options(workers, device)
-    fast_pipeline = time_pipeline(batch_stream(cached, config, pipeline_epochs, options)[0], config)
-    model = new_model(config, device, memory_format)
+    reference_model, model = new_model(config, device, plain), new_model(config, device, memory_format)
     fast_model = compile_model(model, config["COMPILE"])
-    fast_batches, steps = batch_stream(cached, config, epochs, options)
-    fast_train = time_training(fast_model, fast_batches, steps, config, device, amp_dtype, memory_format, fast=True)
-    images, masks = next(batch_stream(cached, config, 1, {})[0])
+    images, masks = next(batch_stream(cached, config, 1, {}))
     on_device = itertools.repeat((images.to(device, memory_format=memory_format), masks.to(device)))
-    on_device_train = time_training(fast_model, on_device, steps, config, device, amp_dtype, memory_format, fast=True)
-    predictor = Predictor(model, {"image_size": config["IMAGE_SIZE"]}, device, amp_dtype)
-    fast_inference = time_inference(predictor.predict_batch, config, device, memory_format)
+    training = {
+        "reference": without_autotuning(
+            training_step(reference_model, batch_stream(uncached, config, train_epochs, {}), device, None, plain,
+                          fast=False)
+        ),
+        "fast": training_step(fast_model, batch_stream(cached, config, train_epochs, options), device, amp_dtype,
+                              memory_format, fast=True),
+        "data on device": training_step(fast_model, on_device, device, amp_dtype, memory_format, fast=True),
+    }  # fmt: skip
+    warm_up(training, steps)  # one untimed epoch each: worker start-up, cuDNN autotuning, compilation
+    train_seconds = interleaved_seconds(training, device, rounds, train_per_round, untimed={"fast": prefetched})
+
+    size = config["IMAGE_SIZE"]
+    batch = torch.randn(inference_batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    predictor = Predictor(model, {"image_size": size}, device, amp_dtype)
+    inference = {
+        "reference": without_autotuning(lambda: plain_forward(reference_model, batch)),
+        "fast": lambda: predictor.predict_batch(batch),
+    }
+    warm_up(inference, 5)
+    inference_seconds = interleaved_seconds(inference, device, rounds, inference_per_round)
+
+    streams = {
+        "reference": batch_stream(uncached, config, pipeline_epochs, {}),
+        "fast": batch_stream(cached, config, pipeline_epochs, options),
+    }
+    pipelines = {name: functools.partial(next, stream) for name, stream in streams.items()}
+    warm_up(pipelines, 5)  # starts the workers
+    pipeline_seconds = interleaved_seconds(pipelines, device, rounds, pipeline_per_round, untimed={"fast": prefetched})
     end_to_end = time_end_to_end(config, data_dir, scratch) if config["END_TO_END_EPOCHS"] else None
 
     precision = str(amp_dtype or torch.float32).removeprefix("torch.")
@@ -243,35 +280,42 @@ def run_benchmark(config: dict, data_dir: Path, pairs, device: torch.device, scr
         + ("" if config["COMPILE"] == "off" else f", torch.compile mode {config['COMPILE']}"),
         "reference_path": "float32, contiguous, JPEG decoded on every access, no workers",
         "steps_per_epoch": steps,
+        "rounds": {"training_steps": train_per_round, "inference_batches": inference_per_round,
+                   "pipeline_batches": pipeline_per_round},
         "training": {
-            "fast": rate(train_batch / fast_train, train_flops),
-            "data_on_device": rate(train_batch / on_device_train, train_flops),
-            "reference": rate(train_batch / reference_train, train_flops),
-            "speedup": reference_train / fast_train,
-            "loader_share_of_on_device": on_device_train / fast_train,
+            "fast": rates(train_seconds["fast"], train_batch, train_flops),
+            "data_on_device": rates(train_seconds["data on device"], train_batch, train_flops),
+            "reference": rates(train_seconds["reference"], train_batch, train_flops),
+            "speedup": ratios(train_seconds["reference"], train_seconds["fast"]),
+            "loader_share_of_on_device": ratios(train_seconds["data on device"], train_seconds["fast"]),
         },
         "end_to_end": end_to_end,
         "inference": {
-            "fast": rate(inference_batch / fast_inference, inference_flops),
-            "reference": rate(inference_batch / reference_inference, inference_flops),
-            "speedup": reference_inference / fast_inference,
+            "fast": rates(inference_seconds["fast"], inference_batch, inference_flops),
+            "reference": rates(inference_seconds["reference"], inference_batch, inference_flops),
+            "speedup": ratios(inference_seconds["reference"], inference_seconds["fast"]),
         },
         "pipeline": {
-            "fast_samples_per_s": fast_pipeline,
-            "reference_samples_per_s": reference_pipeline,
-            "speedup": fast_pipeline / reference_pipeline,
+            "fast": rates(pipeline_seconds["fast"], train_batch, 0.0),
+            "reference": rates(pipeline_seconds["reference"], train_batch, 0.0),
+            "speedup": ratios(pipeline_seconds["reference"], pipeline_seconds["fast"]),
         },
-    }
+    }  # fmt: skip
 
 
 def report(results: dict) -> str:
-    """The results as aligned lines, one per measurement."""
+    """The results as aligned lines, one per measurement: the median over the rounds, then its range."""
     config, train, infer, pipe = results["settings"], results["training"], results["inference"], results["pipeline"]
-    flops, end_to_end = results["flops_per_image"], results["end_to_end"]
+    flops, end_to_end, rounds = results["flops_per_image"], results["end_to_end"], results["rounds"]
 
-    def row(section: str, name: str, measured: dict) -> str:
-        rates = f"{measured['images_per_s']:10.1f} images/s  {measured['tflops_per_s']:8.3f} TFLOP/s"
-        return f"{section:<11} {name:<15} {rates}"
+    def row(section: str, name: str, measured: dict, unit: str = "images/s") -> str:
+        low, high = measured["images_per_s_range"]
+        line = f"{section:<11} {name:<15} {measured['images_per_s']:10.1f} {unit} ({low:.1f}-{high:.1f})"
+        return line + (f"  {measured['tflops_per_s']:8.3f} TFLOP/s" if measured["tflops_per_s"] else "")
+
+    def ratio_row(section: str, name: str, ratio: dict, form: str, suffix: str = "") -> str:
+        median, low, high = (format(ratio[key], form) for key in ("median", "min", "max"))
+        return f"{section:<11} {name:<15} {median:>10}{suffix} ({low}-{high})"
 
     lines = [
         f"device: {results['device']}, torch {torch.__version__}, load average {results['load_average']:.2f}"
@@ -279,8 +323,12 @@ def report(results: dict) -> str:
         f"data: {results['data']}, {config['IMAGE_SIZE']}x{config['IMAGE_SIZE']}, augmentation"
         f" {config['AUGMENTATION']}",
         f"model: U-Net base {config['BASE_CHANNELS']} depth {config['DEPTH']}; training batch"
-        f" {config['BATCH_SIZE']} ({results['steps_per_epoch']} steps per epoch, {config['TIMED_EPOCHS']} epochs"
-        f" timed after 1 untimed), inference batch {config['INFERENCE_BATCH_SIZE']}",
+        f" {config['BATCH_SIZE']} ({results['steps_per_epoch']} steps per epoch), inference batch"
+        f" {config['INFERENCE_BATCH_SIZE']}",
+        f"rounds: {config['ROUNDS']}, the paths compared timed in turn in each (per path and round:"
+        f" {rounds['training_steps']} training steps after 1 untimed epoch, {rounds['inference_batches']} inference"
+        f" batches, {rounds['pipeline_batches']} pipeline batches); each figure is the median over the rounds, the"
+        " range in brackets; a speed-up is the median of the rounds' own ratios",
         f"work: {flops['training'] / 1e9:.2f} GFLOP per image per training step (forward + backward),"
         f" {flops['inference'] / 1e9:.2f} GFLOP per image for inference",
         f"fast path: {results['fast_path']}",
@@ -288,8 +336,8 @@ def report(results: dict) -> str:
         row("training", "fast", train["fast"]),
         row("training", "data on device", train["data_on_device"]),
         row("training", "reference", train["reference"]),
-        f"{'training':<11} {'speed-up':<15} {train['speedup']:10.2f}x",
-        f"{'training':<11} {'fast / device':<15} {train['loader_share_of_on_device']:10.1%}",
+        ratio_row("training", "speed-up", train["speedup"], ".2f", "x"),
+        ratio_row("training", "fast / device", train["loader_share_of_on_device"], ".1%"),
     ]
     if end_to_end:
         lines.append(
@@ -299,10 +347,10 @@ def report(results: dict) -> str:
     lines += [
         row("inference", "fast", infer["fast"]),
         row("inference", "reference", infer["reference"]),
-        f"{'inference':<11} {'speed-up':<15} {infer['speedup']:10.2f}x",
-        f"{'pipeline':<11} {'fast':<15} {pipe['fast_samples_per_s']:10.1f} samples/s",
-        f"{'pipeline':<11} {'reference':<15} {pipe['reference_samples_per_s']:10.1f} samples/s",
-        f"{'pipeline':<11} {'speed-up':<15} {pipe['speedup']:10.2f}x",
+        ratio_row("inference", "speed-up", infer["speedup"], ".2f", "x"),
+        row("pipeline", "fast", pipe["fast"], "samples/s"),
+        row("pipeline", "reference", pipe["reference"], "samples/s"),
+        ratio_row("pipeline", "speed-up", pipe["speedup"], ".2f", "x"),
     ]
     return "\n".join(lines)
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, model/, utils/ from anywhere
 
-from tqdm import tqdm
 
 from common.config import parse_settings, script_constants
 from common.device import describe_device, inference_threads, use_threads
 from common.errors import UserError, first_few, run_main
 from common.files import writable_folder
+from common.progress import progress_bar
 from dataset.images import read_rgb, write_png
 from dataset.kvasir import IMAGE_SUFFIXES
 from model.checkpoint import load_members
@@ -141,7 +141,7 @@ def main() -> None:
     if len(members) > 1:
         print(f"the ensemble of {', '.join(str(member.path) for member in members)}, threshold {predictor.threshold}")
     print(f"predicting {len(paths)} image(s) on {runtime} into {output_dir}")
-    with tqdm(total=len(paths), desc="predicting", unit="img", disable=len(paths) == 1) as bar:
+    with progress_bar(description="predicting", total=len(paths), unit="img", disable=len(paths) == 1) as bar:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
             images = [read_rgb(path) for path in chunk]

@@ -19,12 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # find dataset/, m
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
 from common.config import script_constants
 from common.device import autocast
 from common.distributed import data_parallel
 from common.errors import run_main
+from common.progress import progress_bar
 from dataset import kvasir
 from dataset.sources import DataRecord
 from dataset.training_data import prepare_data
@@ -181,7 +181,7 @@ def main() -> int:
         with operations(run, training, data, progress) as ops:
             while progress.epoch <= config["EPOCHS"] and not ops.stopping:
                 trained.train()
-                for _ in tqdm(
+                for _ in progress_bar(
                     range(progress.epoch_step, steps_per_epoch), f"epoch {progress.epoch}/{config['EPOCHS']}",
                     leave=False, unit="step", disable=not ops.is_main,
                 ):  # fmt: skip

@@ -3,8 +3,8 @@ one row of metrics and pixel counts per image, and their summary."""
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from common.progress import progress_bar
 from dataset.images import load_pair
 from utils.metrics import confusion_counts, scores_from_counts
 
@@ -31,7 +31,7 @@ def score_pairs(predictor, pairs, batch_size: int = 8, progress: bool = False) -
     """Predict every (id, image path, mask path) with a utils.inference.Predictor and score it with `score_mask`
     at the mask's own size (the prediction is made at the training size and resized back before thresholding)."""
     rows = []
-    with tqdm(total=len(pairs), desc="evaluating", unit="img", disable=not progress) as bar:
+    with progress_bar(description="evaluating", total=len(pairs), unit="img", disable=not progress) as bar:
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
             loaded = [load_pair(image_path, mask_path) for _, image_path, mask_path in chunk]

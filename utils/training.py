@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from common.device import free_memory_bytes, synchronized_clock
 from common.errors import UserError
+from common.progress import format_duration
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}  # AdamW decouples weight decay from the step
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # torch.compile modes (or off)
@@ -123,19 +124,6 @@ def learning_rate_stride(steps_per_epoch: int, points: int = 20) -> int:
     """Every how many steps a run records its learning rate for its curves: about `points` times per epoch, so a
     warm-up of one epoch shows. The rate is a Python float the loop sets, so recording it never waits for the GPU."""
     return max(1, steps_per_epoch // points)
-
-
-def format_duration(seconds: float) -> str:
-    """A duration as a person reads it: '45 s', '12 min', '3 h 12 min', '2 days 5 h'."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    if minutes < 90:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min"
-    return f"{hours // 24} days {hours % 24} h"
 
 
 class TimeEstimate:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from common.background import BackgroundWriter
 from common.device import autocast, autocast_dtype, configure_fast_path, describe_device, resolve_device, use_threads
@@ -27,6 +26,7 @@ from common.distributed import (
 )
 from common.errors import UserError
 from common.files import writable_folder, write_csv_atomic, write_json_atomic
+from common.progress import print_line
 from common.run_folder import check_output_paths, locked_run_folder
 from common.signals import StopRequest
 from dataset.training_data import TrainingData
@@ -174,7 +174,7 @@ class Operations:
         run, progress, config = self.run, self.progress, self.run.config
         total_steps = config["EPOCHS"] * progress.steps_per_epoch
         if self.is_main:
-            self.estimate.step_done(total_steps - progress.global_step - 1, write=tqdm.write)
+            self.estimate.step_done(total_steps - progress.global_step - 1, write=print_line)
         self.stopping = agreed_stop(
             self.stop, run.processes, run.device, progress.global_step, config["STOP_CHECK_STEPS"]
         )

@@ -7,7 +7,7 @@ import torch
 
 from common import device as device_module
 from common.config import parse_settings
-from common.device import seconds_per_call, use_threads
+from common.device import interleaved_seconds, seconds_per_call, spread, use_threads
 from common.errors import UserError, first_few
 from common.files import write_json_atomic
 from dataset import loader
@@ -64,3 +64,17 @@ def test_a_list_flag_given_twice_takes_both_and_no_flag_is_abbreviated(tmp_path,
     with pytest.raises(SystemExit):
         parse_settings(defaults, script, ["--see", "7"])
     assert "unrecognized arguments: --see 7" in capsys.readouterr().err
+
+
+def test_interleaved_seconds_times_the_calls_in_turn_with_untimed_calls_before_each_round():
+    order = []
+    calls = {"reference": lambda: order.append("r"), "fast": lambda: order.append("f")}
+    seconds = interleaved_seconds(calls, torch.device("cpu"), rounds=3, calls_per_round=2, untimed={"fast": 1})
+    assert "".join(order) == "rrfff" * 3
+    assert {name: len(each) for name, each in seconds.items()} == {"reference": 3, "fast": 3}
+    assert all(value >= 0 for each in seconds.values() for value in each)
+
+
+def test_spread_is_the_median_and_the_range():
+    assert spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
+    assert spread([4.0, 1.0, 2.0, 10.0]) == {"median": 3.0, "min": 1.0, "max": 10.0}
