@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+from multiprocessing import AuthenticationError
 from pathlib import Path
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -209,6 +210,15 @@ def worker_init(_worker_id: int) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _ignore_first_sigterm)
+    sys.excepthook = _quiet_lost_consumer
+
+
+def _quiet_lost_consumer(kind, value, traceback) -> None:
+    """In a DataLoader worker, a connection lost mid-transfer (multiprocessing's resource_sharer thread, handing a
+    batch's file descriptors over) means the training process it feeds was killed: the run says that once, so the
+    orphaned worker prints no traceback of its own. Every other error is printed as usual."""
+    if not issubclass(kind, EOFError | ConnectionError | AuthenticationError):
+        sys.__excepthook__(kind, value, traceback)
 
 
 def _ignore_first_sigterm(number, _frame) -> None:

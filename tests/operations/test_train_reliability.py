@@ -278,6 +278,34 @@ def test_a_signal_to_a_forked_worker_alone_does_not_stop_the_run():
     assert result.returncode == 0 and result.stdout == "still running; requested: False\n", result.stdout
 
 
+WORKER_THREAD_FAILS = """
+import sys, threading
+sys.path.insert(0, sys.argv[1])
+from common.signals import worker_init
+worker_init(0)
+def fail():  # as multiprocessing's resource_sharer thread reports a failed transfer
+    try:
+        raise {error}
+    except Exception:
+        sys.excepthook(*sys.exc_info())
+thread = threading.Thread(target=fail)
+thread.start()
+thread.join()
+"""
+
+
+@pytest.mark.parametrize(
+    ("error", "printed"), [("EOFError()", False), ("ConnectionResetError()", False), ("ValueError('own')", True)]
+)
+def test_a_worker_whose_training_process_was_killed_prints_no_traceback_of_a_lost_connection(error, printed):
+    """The resource_sharer thread of an orphaned DataLoader worker fails with a lost connection: that is the killed
+    process's death, which the run reports once; any other error of a worker still prints its traceback."""
+    code = WORKER_THREAD_FAILS.format(error=error)
+    result = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert ("Traceback" in result.stderr) == printed, result.stderr
+
+
 def test_a_resumed_run_announces_the_steps_left_of_its_total(kvasir_dir, tmp_path):
     status, stdout, _ = train_in_process(tmp_path, "--epochs", "2")
     assert status == 0 and "training 0.01 M parameters for 6 steps\n" in stdout  # 3 steps an epoch
