@@ -1,8 +1,10 @@
 """Pick the compute device, its CPU threads and the mixed-precision type that suits it, and time work on it."""
 
 import os
+import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -115,14 +117,48 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def free_memory_bytes(device: torch.device) -> int | None:
-    """The memory a run can still take on `device`: the GPU's free memory, or the machine's available memory
-    (MemAvailable of /proc/meminfo); None where it cannot be read."""
+def free_memory(device: torch.device) -> tuple[int, str] | None:
+    """The memory a run can still take on `device`, and what bounds it: the GPU's free memory; on the CPU the least
+    of the machine's available memory, this process's address-space limit (`ulimit -v`) and its container's memory
+    limit (cgroup v2), since PyTorch dies at whichever comes first. None where none can be read."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        return torch.cuda.mem_get_info(device)[0], f"{device}'s free memory"
+    bounds = [
+        (_meminfo_kib("/proc/meminfo", "MemAvailable"), "the machine's available memory"),
+        (_address_space_left(), "the address space left under this process's limit (ulimit -v)"),
+        (_cgroup_memory_left(), "the memory left under this container's limit (cgroup memory.max)"),
+    ]
+    known = [(size, what) for size, what in bounds if size is not None]
+    return min(known) if known else None
+
+
+def _meminfo_kib(path: str, field: str) -> int | None:
+    """A `field: N kB` line of /proc/meminfo or /proc/self/status, in bytes; None where it cannot be read."""
     try:
-        with open("/proc/meminfo") as meminfo:
-            fields = dict(line.split(":", 1) for line in meminfo)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
+        with open(path) as lines:
+            fields = dict(line.split(":", 1) for line in lines if ":" in line)
+        return int(fields[field].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def _address_space_left() -> int | None:
+    """RLIMIT_AS (`ulimit -v`) less the address space this process already maps; None without a limit."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    used = _meminfo_kib("/proc/self/status", "VmSize")
+    if limit == resource.RLIM_INFINITY or used is None:
+        return None
+    return max(0, limit - used)
+
+
+def _cgroup_memory_left() -> int | None:
+    """memory.max less memory.current of this process's cgroup (v2); None without a limit or a cgroup v2."""
+    try:
+        line = next(line for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::"))
+        folder = Path("/sys/fs/cgroup") / line[3:].lstrip("/")
+        limit = (folder / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(0, int(limit) - int((folder / "memory.current").read_text()))
+    except (OSError, StopIteration, ValueError):
         return None

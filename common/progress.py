@@ -23,6 +23,14 @@ def format_duration(seconds: float) -> str:
     return f"{hours // 24} days {hours % 24} h"
 
 
+def format_size(size: float) -> str:
+    """A number of bytes as a person reads it, never rounded to nothing: '512 bytes', '4.2 MiB', '1.5 GiB'."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.{1 if size < 100 * scale else 0}f} {unit}"
+    return f"{size:.0f} bytes"
+
+
 def progress_bar(
     iterable=None,
     description: str = "",

@@ -25,7 +25,7 @@ from common.files import (
     stale_folders,
     waiting_lock,
 )
-from common.progress import progress_bar
+from common.progress import format_size, progress_bar
 from common.signals import sigterm_cleans_up
 from dataset.images import load_pair
 
@@ -71,7 +71,7 @@ def cache_folder(pairs, size: int, cache_dir) -> Path | None:
         if error.errno in NO_SPACE_ERRNOS:
             raise DatasetError(
                 f"no space left on device while caching images in {cache_dir} ({error.strerror}): the cache needs"
-                f" {_cache_bytes(len(pairs), size) / 2**20:.1f} MiB there; free space, or run with --no-cache."
+                f" {format_size(_cache_bytes(len(pairs), size))} there; free space, or run with --no-cache."
             ) from None
         if error.errno not in NOT_WRITABLE_ERRNOS:
             raise
@@ -95,8 +95,8 @@ def check_space(cache_dir: Path, count: int, size: int) -> None:
     need, free = _cache_bytes(count, size), shutil.disk_usage(cache_dir).free
     if need > free:
         raise DatasetError(
-            f"the image cache of {count} images at {size} px needs {need / 2**30:.1f} GiB in {cache_dir}, where"
-            f" {free / 2**30:.1f} GiB are free; lower --image-size, free space, or run with --no-cache."
+            f"the image cache of {count} images at {size} px needs {format_size(need)} in {cache_dir}, where"
+            f" {format_size(free)} are free; lower --image-size, free space, or run with --no-cache."
         )
 
 

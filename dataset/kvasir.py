@@ -13,6 +13,7 @@ from common.files import (
     stale_folders,
     waiting_lock,
 )
+from common.progress import format_size
 from common.signals import sigterm_cleans_up
 from dataset.archive import is_cut_short_zip, require_zip, safe_extract_zip, unpacked_size
 from dataset.download import DownloadError, IncompleteDownload, download_file
@@ -116,7 +117,7 @@ def extract_kvasir_zip(zip_path: Path, root: Path) -> None:
                 raise
             raise DatasetError(
                 f"no space left on device while extracting {zip_path} into {root.parent} ({error.strerror}):"
-                f" {FOLDER_NAME} needs {unpacked_size(zip_path) / 2**20:.0f} MiB there; free space and run again."
+                f" {FOLDER_NAME} needs {format_size(unpacked_size(zip_path))} there; free space and run again."
             ) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)

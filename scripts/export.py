@@ -32,6 +32,7 @@ from common.config import parse_settings, script_constants
 from common.device import describe_device
 from common.errors import UserError, run_main
 from common.files import WRITTEN_BY, atomic_path, claim_output, json_written_by, script_mark, write_json_atomic
+from common.progress import format_size
 from dataset.synthetic import make_sample
 from model import load_checkpoint
 from model.checkpoint import fold_checkpoints
@@ -231,7 +232,7 @@ def main() -> None:
             )
     print(format_speed(report["speed"]))
     print(f"check passed: max difference {report['max_abs_difference']:.2e} <= TOLERANCE {config['TOLERANCE']:g}")
-    print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB): dynamic batch, height and width")
+    print(f"wrote {output} ({format_size(output.stat().st_size)}): dynamic batch, height and width")
 
 
 if __name__ == "__main__":

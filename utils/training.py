@@ -9,9 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.device import free_memory_bytes, synchronized_clock
+from common.device import free_memory, synchronized_clock
 from common.errors import UserError
-from common.progress import format_duration
+from common.progress import format_duration, format_size
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}  # AdamW decouples weight decay from the step
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # torch.compile modes (or off)
@@ -62,12 +62,12 @@ def check_step_memory(network: torch.nn.Module, config: dict, device: torch.devi
     training step of `network` could not fit in the device's free memory even by a lower bound of its need
     (least_step_bytes)."""
     need = least_step_bytes(config["BATCH_SIZE"] // processes, config["IMAGE_SIZE"], parameter_count(network))
-    free = free_memory_bytes(device)
-    if free is not None and need > free:
+    free = free_memory(device)
+    if free is not None and need > free[0]:
         raise UserError(
             f"IMAGE_SIZE {config['IMAGE_SIZE']} with BATCH_SIZE {config['BATCH_SIZE']} needs more than"
-            f" {need / 2**30:.1f} GiB for one training step, and {device} has {free / 2**30:.1f} GiB free; lower"
-            " --image-size or --batch-size."
+            f" {format_size(need)} for one training step, and {free[1]} is {format_size(free[0])}; lower"
+            " --image-size or --batch-size, or raise that limit."
         )
 
 
