@@ -16,6 +16,7 @@ Needs the optional packages: pip install -r requirements-export.txt
 Every UPPER_CASE constant below can be edited here or given as a flag (CHECK_SIZES -> --check-sizes).
 """
 
+import functools
 import json
 import re
 import sys
@@ -29,7 +30,7 @@ import torch
 from torch.export import Dim
 
 from common.config import parse_settings, script_constants
-from common.device import describe_device
+from common.device import describe_device, interleaved_seconds, spread
 from common.errors import UserError, run_main
 from common.files import WRITTEN_BY, atomic_path, claim_output, json_written_by, script_mark, write_json_atomic
 from common.progress import format_size
@@ -45,6 +46,7 @@ TOLERANCE = 1e-4  # the largest difference of probabilities (0..1) between ONNX 
 CHECK_SIZES = ["320x288"]  # WIDTHxHEIGHT sizes checked besides the training size (dynamic, non-square height/width)
 CHECK_BATCH = 2  # images per checked size (a batch above 1 checks the dynamic batch axis too)
 SPEED_BATCH = 8  # images per batch when timing PyTorch and ONNX Runtime (same thread count) at the training size
+SPEED_ROUNDS = 5  # rounds that time PyTorch and ONNX Runtime in turn, so a change of load falls on both alike
 JSON = ""  # when set, also write the check's results (differences, speeds, versions) as JSON to this path
 
 
@@ -157,14 +159,23 @@ def compare_probabilities(expected: inference.ImagePredictor, found: inference.I
     }
 
 
-def compare_speed(pytorch: inference.ImagePredictor, onnxruntime: inference.ImagePredictor, batch) -> dict:
-    """Images/s of both predictors on the same prepared batch (model alone, warm-up then timed)."""
+def compare_speed(pytorch: inference.ImagePredictor, onnxruntime: inference.ImagePredictor, batch, rounds: int) -> dict:
+    """Images/s of both predictors on the same prepared batch (model alone), timed in `rounds` interleaved rounds
+    after a warm-up: the median and range of each, and of the rounds' own ONNX Runtime / PyTorch ratios."""
+    calls = {name: functools.partial(predictor.predict_batch, batch) for name, predictor in
+             (("pytorch", pytorch), ("onnxruntime", onnxruntime))}  # fmt: skip
+    seconds = interleaved_seconds(calls, torch.device("cpu"), rounds, calls_per_round=3, untimed={"pytorch": 1})
+    speeds = {name: [len(batch) / each for each in values] for name, values in seconds.items()}
     return {
         "batch_size": len(batch),
         "image_size": batch.shape[-1],
         "device": describe_device(torch.device("cpu")),
-        "pytorch": inference.measure_speed(pytorch, batch),
-        "onnxruntime": inference.measure_speed(onnxruntime, batch),
+        "rounds": rounds,
+        **{
+            name: {"images_per_second": spread(values)["median"], "images_per_second_range": [min(values), max(values)]}
+            for name, values in speeds.items()
+        },  # fmt: skip
+        "speedup": spread([fast / slow for fast, slow in zip(speeds["onnxruntime"], speeds["pytorch"], strict=True)]),
     }
 
 
@@ -177,11 +188,17 @@ def format_check(check: dict) -> str:
 
 
 def format_speed(speed: dict) -> str:
-    """The speed comparison as one line."""
-    pytorch, onnxruntime = speed["pytorch"]["images_per_second"], speed["onnxruntime"]["images_per_second"]
+    """The speed comparison as one line: medians over the rounds, with their ranges."""
+
+    def rate(name: str) -> str:
+        low, high = speed[name]["images_per_second_range"]
+        return f"{speed[name]['images_per_second']:.2f} images/s ({low:.2f}-{high:.2f})"
+
+    speedup = speed["speedup"]
     return (
-        f"speed at {speed['image_size']} px, batches of {speed['batch_size']}, {speed['device']}: PyTorch"
-        f" {pytorch:.2f} images/s, ONNX Runtime {onnxruntime:.2f} images/s ({onnxruntime / pytorch:.2f}x)"
+        f"speed at {speed['image_size']} px, batches of {speed['batch_size']}, {speed['device']}, median of"
+        f" {speed['rounds']} rounds timed in turn: PyTorch {rate('pytorch')}, ONNX Runtime {rate('onnxruntime')};"
+        f" ONNX Runtime {speedup['median']:.2f}x PyTorch ({speedup['min']:.2f}-{speedup['max']:.2f}x)"
     )
 
 
@@ -199,7 +216,7 @@ def check_export(pytorch: inference.Predictor, onnxruntime: inference.OnnxPredic
     report["passed"] = report["max_abs_difference"] <= config["TOLERANCE"]
     if report["passed"]:
         speed_batch = synthetic_batch(preprocessing, *sizes[0], config["SPEED_BATCH"], rng)
-        report["speed"] = compare_speed(pytorch, onnxruntime, speed_batch)
+        report["speed"] = compare_speed(pytorch, onnxruntime, speed_batch, config["SPEED_ROUNDS"])
     return report
 
 

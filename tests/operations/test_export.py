@@ -2,6 +2,7 @@
 written only when ONNX Runtime gives PyTorch's probabilities; predict.py --onnx predicts as with the checkpoint."""
 
 import json
+import re
 import shutil
 import sys
 
@@ -69,7 +70,11 @@ def test_the_onnx_model_has_dynamic_axes_and_its_preprocessing_in_the_metadata(e
     report = json.loads(json_path.read_text())
     assert report["passed"] and report["max_abs_difference"] <= report["tolerance"] == TOLERANCE
     assert [(check["width"], check["height"]) for check in report["checks"]] == [(32, 32), (48, 40)]
-    assert report["speed"]["pytorch"]["images_per_second"] > 0 < report["speed"]["onnxruntime"]["images_per_second"]
+    speed = report["speed"]
+    for name in ("pytorch", "onnxruntime"):
+        low, high = speed[name]["images_per_second_range"]
+        assert 0 < low <= speed[name]["images_per_second"] <= high, name
+    assert speed["rounds"] == 5 and speed["speedup"]["min"] <= speed["speedup"]["median"] <= speed["speedup"]["max"]
 
 
 def test_onnx_runtime_gives_pytorchs_logits_at_any_batch_and_size(exported):
@@ -151,6 +156,7 @@ def test_the_script_prints_the_check_and_the_speed(exported, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 x 320x288: max |probability difference|" in result.stdout
     assert "ONNX Runtime" in result.stdout and "images/s" in result.stdout and "check passed" in result.stdout
+    assert re.search(r"median of 5 rounds timed in turn: .* ONNX Runtime \d+\.\d\dx PyTorch \(\d", result.stdout)
     assert f"wrote {onnx_path}" in result.stdout and onnx_path.is_file()
 
 
