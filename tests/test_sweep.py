@@ -196,7 +196,8 @@ def test_a_job_passes_each_stop_request_on_once_and_stops_the_run(tmp_path, monk
     run, config = one_step_job(tmp_path, monkeypatch, code)
 
     def ask_to_stop():
-        wait_for(lambda: run.log.is_file() and "ready" in run.log.read_text(), "the step to start", timeout=30)
+        # lines of the step's own output: the log's first line, the command, holds the words too
+        wait_for(lambda: run.log.is_file() and "ready" in run.log.read_text().splitlines(), "the step", timeout=30)
         (run.folder / sweep.STOP_FILE).write_text("SIGINT\n")  # as the sweep writes it (Submitted.send_signal)
 
     asker = threading.Thread(target=ask_to_stop)
@@ -204,7 +205,7 @@ def test_a_job_passes_each_stop_request_on_once_and_stops_the_run(tmp_path, monk
     outcome = sweep.run_job(run, config, {}, os.getpid())
     asker.join()
     assert outcome == {"status": "stopped", "note": "training stopped; run the sweep again to continue"}
-    assert run.log.read_text().count("got SIGINT") == 1
+    assert run.log.read_text().splitlines().count("got SIGINT") == 1
     run, config = one_step_job(tmp_path, monkeypatch, code)
     assert sweep.run_job(run, config, {}, os.getpid()) == {  # a stop request left: the next step never starts
         "status": "stopped", "note": "training left; run the sweep again to continue",
