@@ -21,6 +21,13 @@ NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 NOT_WRITABLE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR})
 
 
+def file_identity(label: str, path) -> list:
+    """What a cache built from a file is keyed on: `label`, the file's resolved path, size and modification time,
+    so that a changed or moved file gets a new key."""
+    info = Path(path).stat()
+    return [label, str(Path(path).resolve()), info.st_size, info.st_mtime_ns]
+
+
 def os_error_in(error: BaseException, errnos: frozenset) -> OSError | None:
     """The OSError with one of `errnos` that is `error` or caused it (libraries such as torch.save report a failed
     write as their own exception raised while handling the OSError), else None."""

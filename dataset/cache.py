@@ -20,6 +20,7 @@ from common.errors import DatasetError
 from common.files import (
     NO_SPACE_ERRNOS,
     NOT_WRITABLE_ERRNOS,
+    file_identity,
     make_staging_folder,
     remove_stale_folders,
     stale_folders,
@@ -36,11 +37,7 @@ STAGING_PATTERN = ".*px-*"  # the hidden folders that builds write into before t
 
 def cache_key(pairs: list[tuple[str, Path, Path]], size: int) -> str:
     """Hash of what the cached arrays depend on."""
-    entries = []
-    for sample_id, image_path, mask_path in pairs:
-        for path in (image_path, mask_path):
-            info = Path(path).stat()
-            entries.append([sample_id, str(Path(path).resolve()), info.st_size, info.st_mtime_ns])
+    entries = [file_identity(sample_id, path) for sample_id, *paths in pairs for path in paths]
     payload = json.dumps({"version": CACHE_VERSION, "size": size, "files": entries})
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 

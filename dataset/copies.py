@@ -22,7 +22,7 @@ from sklearn.feature_extraction.text import TfidfTransformer
 from threadpoolctl import threadpool_limits
 
 from common.errors import UserError
-from common.files import NOT_WRITABLE_ERRNOS, atomic_path, read_text_file, write_json_atomic
+from common.files import NOT_WRITABLE_ERRNOS, atomic_path, file_identity, read_text_file, write_json_atomic
 from common.progress import progress_bar
 from dataset.images import read_rgb
 
@@ -69,15 +69,9 @@ def image_features(path) -> Features:
 
 def features_key(pairs) -> str:
     """A digest of what the features of `pairs` depend on: the settings above and each image file's identity."""
-    entries = [[sample_id, str(Path(image).resolve()), *file_identity(image)] for sample_id, image, _ in pairs]
+    entries = [file_identity(sample_id, image) for sample_id, image, _ in pairs]
     settings = [FEATURES_VERSION, FEATURE_SIDE, FEATURES_PER_IMAGE]
     return hashlib.sha256(json.dumps([settings, entries]).encode()).hexdigest()[:20]
-
-
-def file_identity(path) -> tuple[int, int]:
-    """A file's size and modification time: a changed file gets new features."""
-    info = Path(path).stat()
-    return info.st_size, info.st_mtime_ns
 
 
 def all_features(pairs, cache_dir=None) -> list[Features]:
