@@ -117,6 +117,12 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def ratio_spread(numerators: list[float], denominators: list[float]) -> dict:
+    """The median and range of the rounds' own ratios (each round's two timings taken one right after the other,
+    as interleaved_seconds takes them), so that load drift between rounds cancels in each ratio."""
+    return spread([top / bottom for top, bottom in zip(numerators, denominators, strict=True)])
+
+
 def free_memory(device: torch.device) -> tuple[int, str] | None:
     """The memory a run can still take on `device`, and what bounds it: the GPU's free memory; on the CPU the least
     of the machine's available memory, this process's address-space limit (`ulimit -v`) and its container's memory

@@ -43,6 +43,7 @@ from common.device import (
     configure_fast_path,
     describe_device,
     interleaved_seconds,
+    ratio_spread,
     resolve_device,
     spread,
 )
@@ -214,11 +215,6 @@ def rates(seconds: list[float], images: int, flops: float) -> dict:
     }
 
 
-def ratios(numerators: list[float], denominators: list[float]) -> dict:
-    """The median and range of the rounds' own ratios (each round's two timings taken one right after the other)."""
-    return spread([top / bottom for top, bottom in zip(numerators, denominators, strict=True)])
-
-
 def run_benchmark(config: dict, data_dir: Path, pairs, device: torch.device, scratch: Path) -> dict:
     """All timings of one configuration: each comparison's paths warmed up, then timed in interleaved rounds."""
     train_batch, inference_batch, rounds = config["BATCH_SIZE"], config["INFERENCE_BATCH_SIZE"], config["ROUNDS"]
@@ -286,19 +282,19 @@ def run_benchmark(config: dict, data_dir: Path, pairs, device: torch.device, scr
             "fast": rates(train_seconds["fast"], train_batch, train_flops),
             "data_on_device": rates(train_seconds["data on device"], train_batch, train_flops),
             "reference": rates(train_seconds["reference"], train_batch, train_flops),
-            "speedup": ratios(train_seconds["reference"], train_seconds["fast"]),
-            "loader_share_of_on_device": ratios(train_seconds["data on device"], train_seconds["fast"]),
+            "speedup": ratio_spread(train_seconds["reference"], train_seconds["fast"]),
+            "loader_share_of_on_device": ratio_spread(train_seconds["data on device"], train_seconds["fast"]),
         },
         "end_to_end": end_to_end,
         "inference": {
             "fast": rates(inference_seconds["fast"], inference_batch, inference_flops),
             "reference": rates(inference_seconds["reference"], inference_batch, inference_flops),
-            "speedup": ratios(inference_seconds["reference"], inference_seconds["fast"]),
+            "speedup": ratio_spread(inference_seconds["reference"], inference_seconds["fast"]),
         },
         "pipeline": {
             "fast": rates(pipeline_seconds["fast"], train_batch, 0.0),
             "reference": rates(pipeline_seconds["reference"], train_batch, 0.0),
-            "speedup": ratios(pipeline_seconds["reference"], pipeline_seconds["fast"]),
+            "speedup": ratio_spread(pipeline_seconds["reference"], pipeline_seconds["fast"]),
         },
     }  # fmt: skip
 

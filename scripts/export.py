@@ -30,7 +30,7 @@ import torch
 from torch.export import Dim
 
 from common.config import parse_settings, script_constants
-from common.device import describe_device, interleaved_seconds, spread
+from common.device import describe_device, interleaved_seconds, ratio_spread, spread
 from common.errors import UserError, run_main
 from common.files import WRITTEN_BY, atomic_path, claim_output, json_written_by, script_mark, write_json_atomic
 from common.progress import format_size
@@ -161,21 +161,22 @@ def compare_probabilities(expected: inference.ImagePredictor, found: inference.I
 
 def compare_speed(pytorch: inference.ImagePredictor, onnxruntime: inference.ImagePredictor, batch, rounds: int) -> dict:
     """Images/s of both predictors on the same prepared batch (model alone), timed in `rounds` interleaved rounds
-    after a warm-up: the median and range of each, and of the rounds' own ONNX Runtime / PyTorch ratios."""
+    (PyTorch after one untimed call each round; the correctness check has run both before): the median and range of
+    each, and of the rounds' own ONNX Runtime / PyTorch ratios."""
     calls = {name: functools.partial(predictor.predict_batch, batch) for name, predictor in
              (("pytorch", pytorch), ("onnxruntime", onnxruntime))}  # fmt: skip
     seconds = interleaved_seconds(calls, torch.device("cpu"), rounds, calls_per_round=3, untimed={"pytorch": 1})
-    speeds = {name: [len(batch) / each for each in values] for name, values in seconds.items()}
+    speeds = {name: spread([len(batch) / each for each in values]) for name, values in seconds.items()}
     return {
         "batch_size": len(batch),
         "image_size": batch.shape[-1],
         "device": describe_device(torch.device("cpu")),
         "rounds": rounds,
         **{
-            name: {"images_per_second": spread(values)["median"], "images_per_second_range": [min(values), max(values)]}
-            for name, values in speeds.items()
+            name: {"images_per_second": speed["median"], "images_per_second_range": [speed["min"], speed["max"]]}
+            for name, speed in speeds.items()
         },  # fmt: skip
-        "speedup": spread([fast / slow for fast, slow in zip(speeds["onnxruntime"], speeds["pytorch"], strict=True)]),
+        "speedup": ratio_spread(seconds["pytorch"], seconds["onnxruntime"]),  # = ONNX Runtime's images/s / PyTorch's
     }
 
 

@@ -7,7 +7,7 @@ import torch
 
 from common import device as device_module
 from common.config import parse_settings
-from common.device import interleaved_seconds, seconds_per_call, spread, use_threads
+from common.device import interleaved_seconds, ratio_spread, seconds_per_call, spread, use_threads
 from common.errors import UserError, first_few
 from common.files import write_json_atomic
 from dataset import loader
@@ -78,3 +78,8 @@ def test_interleaved_seconds_times_the_calls_in_turn_with_untimed_calls_before_e
 def test_spread_is_the_median_and_the_range():
     assert spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
     assert spread([4.0, 1.0, 2.0, 10.0]) == {"median": 3.0, "min": 1.0, "max": 10.0}
+
+
+def test_a_ratio_spread_takes_each_rounds_own_ratio():
+    """Round 2 ran twice as slow for both paths (load drift): its own ratio is still 2."""
+    assert ratio_spread([2.0, 4.0, 2.0], [1.0, 2.0, 0.5]) == {"median": 2.0, "min": 2.0, "max": 4.0}
