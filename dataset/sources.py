@@ -191,7 +191,7 @@ class DataRecord:
             )
         if "datasets" not in checkpoint or "digests" not in checkpoint:
             raise UserError(f"{source} records a split but not the datasets and digests of its images; train it again.")
-        datasets = [Source(**source) for source in checkpoint["datasets"]]
+        datasets = [Source(**fields) for fields in checkpoint["datasets"]]
         return cls(datasets, split, checkpoint["digests"], checkpoint["copy_groups"], checkpoint.get("left_out", []))
 
 
