@@ -82,8 +82,8 @@ def sizes_to_check(config: dict, image_size: int, model: torch.nn.Module) -> lis
         raise UserError(f"OPSET {config['OPSET']} is too old: torch's ONNX exporter writes opset 18 and later.")
     if not config["TOLERANCE"] >= 0:
         raise UserError("TOLERANCE must be a difference of probabilities of 0 or more.")
-    if min(config["CHECK_BATCH"], config["SPEED_BATCH"]) < 1:
-        raise UserError("CHECK_BATCH and SPEED_BATCH must be at least 1.")
+    if min(config["CHECK_BATCH"], config["SPEED_BATCH"], config["SPEED_ROUNDS"]) < 1:
+        raise UserError("CHECK_BATCH, SPEED_BATCH and SPEED_ROUNDS must be at least 1.")
     sizes = [(image_size, image_size), *map(parse_size, config["CHECK_SIZES"])]
     smallest, multiple = model.smallest_input, model.size_multiple
     for height, width in sizes:

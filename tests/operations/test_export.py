@@ -126,6 +126,8 @@ def test_a_failed_check_exits_with_a_message_and_leaves_no_onnx_file(exported, t
         (["--check-sizes", "320x3"], r"320x3 does not fit the network, whose sides are at least 8 px"),
         (["--opset", "17"], "opset 18 and later"),
         (["--tolerance", "-1"], "TOLERANCE must be"),
+        (["--speed-rounds", "0"], "SPEED_ROUNDS must be at least 1"),
+        (["--speed-batch", "-2"], "SPEED_BATCH and SPEED_ROUNDS must be at least 1"),
         (["--output", "SAME"], "OUTPUT is the checkpoint itself"),
     ],
 )
